@@ -1,0 +1,1 @@
+"""Fake service tasks, one module per service; each task has an explicit, stable name."""
