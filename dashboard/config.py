@@ -1,0 +1,232 @@
+"""Configuration: a TOML file plus environment overrides. The only module that reads the environment."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .exceptions import ConfigError
+from .model.catalog import MISSING, PARAM_TYPES, PARAM_NAME_RE, Catalog, InvalidValue, ParamSpec, TaskSpec
+from .model.catalog import task_name_problem
+
+ENV_CONFIG = "DASHBOARD_CONFIG"
+ENV_CLIENT_APP = "DASHBOARD_CLIENT_APP"
+ENV_BROKER = "CELERY_BROKER_URL"
+ENV_BACKEND = "CELERY_RESULT_BACKEND"
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+ROUTE_KEYS = frozenset({"queue", "exchange", "exchange_type", "routing_key", "priority"})
+TOP_LEVEL_KEYS = frozenset(
+    {"broker_url", "result_backend", "task_default_queue", "routes", "tasks", "monitor", "client_app",
+     "broker_timeout", "broker_transport_options"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    """How often workers are inspected, how long a mismatch may last before it alerts, how much is kept."""
+
+    inspect_interval: float = 10.0
+    alert_grace: float = 30.0
+    max_tasks: int = 100_000
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the dashboard needs to know, checked once at start-up."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str | None = None
+    task_default_queue: str = "celery"
+    routes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    catalog: Catalog = field(default_factory=Catalog)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    client_app: str | None = None
+    broker_timeout: float = 2.0
+    broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    client_app: str | None = None,
+) -> Config:
+    """Read the TOML file (`path`, else $DASHBOARD_CONFIG) and apply environment overrides."""
+    env = os.environ if environ is None else environ
+    file_name = os.fspath(path) if path is not None else env.get(ENV_CONFIG) or None
+    client_app = client_app or env.get(ENV_CLIENT_APP) or None
+    if file_name is None and client_app is None:
+        raise ConfigError(
+            "no configuration: pass --config FILE (or set DASHBOARD_CONFIG), or --client-app module:attribute"
+        )
+    data: dict[str, Any] = {}
+    if file_name is not None:
+        try:
+            with Path(file_name).open("rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"{file_name}: file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{file_name}: is a directory, not a TOML file") from None
+        except PermissionError:
+            raise ConfigError(f"{file_name}: permission denied") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file_name}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file_name}: not UTF-8 text") from None
+    return config_from_mapping(data, env, source=file_name, client_app=client_app)
+
+
+def config_from_mapping(
+    data: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    source: str | None = None,
+    client_app: str | None = None,
+) -> Config:
+    """Build a Config from decoded TOML (tests pass a dict) and an environment mapping."""
+    env = {} if environ is None else environ
+    where = source or "config"
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(f"{where}: {problem}")
+
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise fail(f"unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    broker_url = env.get(ENV_BROKER) or _string(data, "broker_url", fail, DEFAULT_BROKER_URL)
+    result_backend = env.get(ENV_BACKEND) or _string(data, "result_backend", fail, "") or None
+    default_queue = _string(data, "task_default_queue", fail, "celery")
+    if not default_queue:
+        raise fail("task_default_queue must not be empty")
+    timeout = data.get("broker_timeout", 2.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 60:
+        raise fail("broker_timeout must be a number of seconds between 0.1 and 60")
+    transport_options = data.get("broker_transport_options", {})
+    if not isinstance(transport_options, dict):
+        raise fail("[broker_transport_options] must be a table")
+    return Config(
+        broker_url=broker_url,
+        result_backend=result_backend,
+        task_default_queue=default_queue,
+        routes=_routes(data.get("routes", {}), fail),
+        catalog=_catalog(data.get("tasks", {}), fail),
+        monitor=_monitor(data.get("monitor", {}), fail),
+        client_app=client_app or _string(data, "client_app", fail, "") or None,
+        broker_timeout=float(timeout),
+        broker_transport_options=dict(transport_options),
+        source=source,
+    )
+
+
+def _string(data: Mapping[str, Any], key: str, fail: Any, default: str) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise fail(f"{key} must be a string")
+    return value
+
+
+def _routes(raw: Any, fail: Any) -> dict[str, dict[str, Any]]:
+    """[routes]: name or glob -> "queue" or {queue = ..., routing_key = ...}, in file order as Celery reads it."""
+    if not isinstance(raw, dict):
+        raise fail("[routes] must be a table of task name or glob -> queue")
+    routes: dict[str, dict[str, Any]] = {}
+    for pattern, target in raw.items():
+        if isinstance(target, str):
+            if not target:
+                raise fail(f"route {pattern!r}: the queue name is empty")
+            routes[pattern] = {"queue": target}
+        elif isinstance(target, dict):
+            extra = sorted(set(target) - ROUTE_KEYS)
+            if extra:
+                raise fail(f"route {pattern!r}: unknown key(s) {', '.join(extra)}; use {', '.join(sorted(ROUTE_KEYS))}")
+            if not isinstance(target.get("queue", ""), str) or not target.get("queue"):
+                raise fail(f"route {pattern!r}: a table route needs queue = \"name\"")
+            routes[pattern] = dict(target)
+        else:
+            raise fail(f"route {pattern!r}: must be a queue name or a table like {{ queue = \"name\" }}")
+    return routes
+
+
+def _catalog(raw: Any, fail: Any) -> Catalog:
+    """[tasks."name"] tables: description and params = [{name, type, required, default, description}]."""
+    if not isinstance(raw, dict):
+        raise fail("[tasks] must hold one table per task name, like [tasks.\"worker.tasks.x\"]")
+    specs: list[TaskSpec] = []
+    for name, body in raw.items():
+        if problem := task_name_problem(name):
+            raise fail(f"task {name!r}: {problem}")
+        if not isinstance(body, dict):
+            raise fail(f"task {name!r}: must be a table")
+        extra = sorted(set(body) - {"description", "params"})
+        if extra:
+            raise fail(f"task {name!r}: unknown key(s) {', '.join(extra)}; use description, params")
+        description = body.get("description", "")
+        if not isinstance(description, str):
+            raise fail(f"task {name!r}: description must be a string")
+        params_raw = body.get("params", [])
+        if not isinstance(params_raw, list):
+            raise fail(f"task {name!r}: params must be an array of tables")
+        params: list[ParamSpec] = []
+        for index, param in enumerate(params_raw):
+            params.append(_param(name, index, param, fail))
+        names = [p.name for p in params]
+        if len(set(names)) != len(names):
+            raise fail(f"task {name!r}: a parameter name appears twice")
+        specs.append(TaskSpec(name, description, tuple(params)))
+    return Catalog.of(specs)
+
+
+def _param(task: str, index: int, raw: Any, fail: Any) -> ParamSpec:
+    where = f"task {task!r} param #{index + 1}"
+    if not isinstance(raw, dict):
+        raise fail(f"{where}: must be a table like {{ name = \"x\", type = \"str\" }}")
+    extra = sorted(set(raw) - {"name", "type", "required", "default", "description"})
+    if extra:
+        raise fail(f"{where}: unknown key(s) {', '.join(extra)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not PARAM_NAME_RE.match(name):
+        raise fail(f"{where}: name must be a Python identifier")
+    kind = raw.get("type", "str")
+    if kind not in PARAM_TYPES:
+        raise fail(f"{where} ({name}): type must be one of {', '.join(PARAM_TYPES)}, not {kind!r}")
+    required = raw.get("required", False)
+    if not isinstance(required, bool):
+        raise fail(f"{where} ({name}): required must be true or false")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise fail(f"{where} ({name}): description must be a string")
+    spec = ParamSpec(name, kind, required, raw.get("default", MISSING), description)
+    if spec.has_default:
+        if required:
+            raise fail(f"{where} ({name}): a required parameter cannot have a default")
+        try:
+            spec.check(spec.default)
+        except InvalidValue as exc:
+            raise fail(f"{where} ({name}): default {exc}") from None
+    return spec
+
+
+def _monitor(raw: Any, fail: Any) -> MonitorSettings:
+    if not isinstance(raw, dict):
+        raise fail("[monitor] must be a table")
+    extra = sorted(set(raw) - {"inspect_interval", "alert_grace", "max_tasks"})
+    if extra:
+        raise fail(f"[monitor]: unknown key(s) {', '.join(extra)}; use inspect_interval, alert_grace, max_tasks")
+    defaults = MonitorSettings()
+    values: dict[str, Any] = {}
+    for key, low, high in (("inspect_interval", 0.1, 3600), ("alert_grace", 0, 86400)):
+        value = raw.get(key, getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise fail(f"[monitor] {key} must be a number of seconds from {low} to {high}")
+        values[key] = float(value)
+    max_tasks = raw.get("max_tasks", defaults.max_tasks)
+    if isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or not 1 <= max_tasks <= 10_000_000:
+        raise fail("[monitor] max_tasks must be a whole number from 1 to 10000000")
+    return MonitorSettings(values["inspect_interval"], values["alert_grace"], max_tasks)

@@ -1,0 +1,19 @@
+"""The errors the dashboard translates at its boundaries."""
+
+from __future__ import annotations
+
+
+class DashboardError(Exception):
+    """Base class of the dashboard's own errors."""
+
+
+class ConfigError(DashboardError):
+    """The configuration is missing or malformed; the message names the file and the problem in one line."""
+
+
+class BrokerUnavailable(DashboardError):
+    """The broker (or the result backend) could not be reached in time; shown as a 503 with this message."""
+
+
+class RoutingError(DashboardError):
+    """Celery's router could not resolve a destination (a queue missing from task_queues, a failing router)."""
