@@ -69,18 +69,18 @@ class DispatchRequest:
 
 
 def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
-    """Nesting depth of a decoded JSON value, stopping early once past `limit`."""
+    """How deeply arrays and objects nest in a decoded JSON value (a scalar is 0), stopping once past `limit`."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     deepest = 0
     while stack:
         item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
         deepest = max(deepest, depth)
         if deepest > limit:
             return deepest
-        if isinstance(item, dict):
-            stack.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            stack.extend((child, depth + 1) for child in item)
+        stack.extend((child, depth + 1) for child in children)
     return deepest
 
 
@@ -230,8 +230,10 @@ def _check_catalog_call(
         try:
             value = param.check(bound[param.name])
         except InvalidValue as exc:
-            where = f"args[{index}]" if index < len(args) else f"kwargs.{param.name}"
-            errors[where] = f"({param.name}) {exc}"
+            if index < len(args):
+                errors[f"args[{index}]"] = f"({param.name}) {exc}"
+            else:
+                errors[f"kwargs.{param.name}"] = str(exc)
             continue
         if index < len(args):
             checked_args.append(value)

@@ -1,0 +1,194 @@
+"""Pages and their htmx fragments: the dispatch forms, the route preview, the task page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, render_template, request
+from werkzeug.exceptions import NotFound
+
+from ..exceptions import BrokerUnavailable, RoutingError
+from ..model.catalog import TaskSpec, task_name_problem
+from ..model.dispatch import FORM_OPTION_PREFIX, FORM_PARAM_PREFIX, OPTION_NAMES, DispatchInvalid, DispatchOptions
+from ..model.dispatch import parse_form
+from ..model.secrets import mask_text
+from ..services.client import Resolution, SentTask
+from .runtime import Runtime, runtime
+
+bp = Blueprint("pages", __name__)
+
+RAW_FORM_ID = "dispatch-raw"
+_FORM_ID_RE = re.compile(r"^dispatch-(raw|\d{1,4})$")
+_TASK_ID_RE = re.compile(r"^[\w.:@-]{1,255}$")
+
+
+@dataclass
+class FormView:
+    """Everything one dispatch form shows: its task, the entered values, errors, preview and outcome."""
+
+    form_id: str
+    spec: TaskSpec | None
+    values: Mapping[str, str] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)
+    resolution: Resolution | None = None
+    route_error: str | None = None
+    sent: SentTask | None = None
+    failure: str | None = None
+
+    @property
+    def raw(self) -> bool:
+        """True for the send-by-name form."""
+        return self.spec is None
+
+    def value(self, key: str, default: str = "") -> str:
+        """The submitted text for a field, else `default`."""
+        return self.values.get(key, default)
+
+    @property
+    def options_open(self) -> bool:
+        """Show the options section unfolded when one of them was filled in or is wrong."""
+        return any(key.startswith(FORM_OPTION_PREFIX) and (self.values.get(key) or key in self.errors)
+                   for key in [*self.values, *self.errors])
+
+    def general_errors(self) -> list[str]:
+        """Errors that belong to no single field on this form."""
+        shown = {"name", "args", "kwargs"} | {FORM_OPTION_PREFIX + k for k in OPTION_NAMES}
+        shown |= {f"options.{k}" for k in OPTION_NAMES}
+        if self.spec is not None:
+            shown |= {FORM_PARAM_PREFIX + p.name for p in self.spec.params}
+        return [f"{k}: {v}" if k else v for k, v in self.errors.items() if k not in shown]
+
+
+def _preview(rt: Runtime, name: str, queue: str | None) -> tuple[Resolution | None, str | None]:
+    """The route preview for a name (and optional queue override), or why there is none."""
+    if task_name_problem(name):
+        return None, None
+    try:
+        return rt.client.resolve(name, DispatchOptions(queue=queue or None)), None
+    except RoutingError as exc:
+        return None, mask_text(str(exc))
+
+
+def _catalog_forms(rt: Runtime) -> list[FormView]:
+    forms = []
+    for index, spec in enumerate(rt.config.catalog):
+        resolution, error = _preview(rt, spec.name, None)
+        forms.append(FormView(f"dispatch-{index}", spec, resolution=resolution, route_error=error))
+    return forms
+
+
+def _form_for(rt: Runtime, form_id: str) -> FormView:
+    """An empty form view for `form_id` as the client named it (validated, never trusted)."""
+    match = _FORM_ID_RE.match(form_id)
+    if match is None:
+        return FormView(RAW_FORM_ID, None)
+    if match.group(1) == "raw":
+        return FormView(RAW_FORM_ID, None)
+    index = int(match.group(1))
+    tasks = rt.config.catalog.tasks
+    if index >= len(tasks):
+        return FormView(RAW_FORM_ID, None)
+    return FormView(form_id, tasks[index])
+
+
+def _is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+@bp.get("/")
+def index() -> str:
+    """The dispatch page: one form per catalog task, plus send-by-name."""
+    rt = runtime()
+    return render_template(
+        "pages/index.html",
+        forms=_catalog_forms(rt),
+        raw_form=FormView(RAW_FORM_ID, None),
+        broker=rt.client.broker_display,
+        config_source=rt.client.settings.origin,
+    )
+
+
+@bp.post("/dispatch")
+def submit() -> tuple[str, int]:
+    """Handle a dispatch form: the form again with inline errors (422), the outcome (200), or 503."""
+    rt = runtime()
+    form_data = {key: value for key, value in request.form.items()}
+    view = _form_for(rt, form_data.get("form_id", ""))
+    if view.spec is not None:
+        form_data["name"] = view.spec.name
+        form_data.pop("mode", None)
+    else:
+        form_data["mode"] = "raw"
+    view.values = form_data
+    queue_override = form_data.get(FORM_OPTION_PREFIX + "queue", "").strip()
+    view.resolution, view.route_error = _preview(rt, form_data.get("name", "").strip(), queue_override)
+    status = 200
+    try:
+        checked = parse_form(form_data, rt.config.catalog, rt.now())
+        view.sent = rt.dispatch(checked)
+        view.values = {"form_id": view.form_id, "name": form_data["name"]} if view.raw else {}
+    except DispatchInvalid as exc:
+        view.errors = _form_errors(exc.errors)
+        status = 422
+    except RoutingError as exc:
+        view.failure = mask_text(str(exc))
+        status = 400
+    except BrokerUnavailable as exc:
+        view.failure = mask_text(str(exc))
+        status = 503
+    if _is_htmx():
+        return render_template("partials/dispatch_form.html", form=view), status
+    forms = _catalog_forms(rt)
+    raw_form = FormView(RAW_FORM_ID, None)
+    if view.raw:
+        raw_form = view
+    else:
+        forms = [view if f.form_id == view.form_id else f for f in forms]
+    page = render_template(
+        "pages/index.html", forms=forms, raw_form=raw_form, broker=rt.client.broker_display,
+        config_source=rt.client.settings.origin,
+    )
+    return page, status
+
+
+def _form_errors(errors: Mapping[str, str]) -> dict[str, str]:
+    """Map model error keys to the form's field names (kwargs.x -> arg.x, options.y -> opt.y)."""
+    mapped: dict[str, str] = {}
+    for key, message in errors.items():
+        if key.startswith("kwargs."):
+            mapped[FORM_PARAM_PREFIX + key.removeprefix("kwargs.")] = message
+        elif key.startswith("options."):
+            mapped[FORM_OPTION_PREFIX + key.removeprefix("options.")] = message
+        else:
+            mapped[key] = message
+    return mapped
+
+
+@bp.get("/dispatch/preview")
+def preview() -> str:
+    """The route preview fragment for the name and queue override a form holds right now."""
+    rt = runtime()
+    view = _form_for(rt, request.args.get("form_id", ""))
+    name = view.spec.name if view.spec is not None else request.args.get("name", "").strip()
+    queue = request.args.get(FORM_OPTION_PREFIX + "queue", "").strip()
+    view.values = {"name": name}
+    view.resolution, view.route_error = _preview(rt, name, queue)
+    return render_template("partials/route_preview.html", form=view)
+
+
+@bp.get("/tasks/<task_id>")
+def task(task_id: str) -> tuple[str, int]:
+    """One task: what the result backend knows of it (live timeline comes with the event stream)."""
+    if not _TASK_ID_RE.match(task_id):
+        raise NotFound()
+    rt = runtime()
+    backend: dict[str, Any] | None = None
+    backend_error = None
+    try:
+        backend = rt.client.result_state(task_id)
+    except BrokerUnavailable as exc:
+        backend_error = mask_text(str(exc))
+    return render_template("pages/task.html", task_id=task_id, backend=backend, backend_error=backend_error), 200
