@@ -10,19 +10,31 @@ from pathlib import Path
 from typing import Any
 
 from .exceptions import ConfigError
-from .model.catalog import MISSING, PARAM_TYPES, PARAM_NAME_RE, Catalog, InvalidValue, ParamSpec, TaskSpec
-from .model.catalog import task_name_problem
+from .model.auth import AuthSettings, parse_auth
+from .model.catalog import (
+    MISSING,
+    PARAM_NAME_RE,
+    PARAM_TYPES,
+    Catalog,
+    InvalidValue,
+    ParamSpec,
+    TaskSpec,
+    task_name_problem,
+)
+from .services.audit import default_path
 
 ENV_CONFIG = "DASHBOARD_CONFIG"
 ENV_CLIENT_APP = "DASHBOARD_CLIENT_APP"
 ENV_BROKER = "CELERY_BROKER_URL"
 ENV_BACKEND = "CELERY_RESULT_BACKEND"
+ENV_SECRET = "DASHBOARD_SECRET_KEY"
+ENV_AUDIT_PATH = "DASHBOARD_AUDIT_PATH"
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 ROUTE_KEYS = frozenset({"queue", "exchange", "exchange_type", "routing_key", "priority"})
 TOP_LEVEL_KEYS = frozenset(
     {"broker_url", "result_backend", "task_default_queue", "routes", "tasks", "monitor", "client_app",
-     "broker_timeout", "broker_transport_options"}
+     "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit"}
 )
 
 
@@ -49,6 +61,9 @@ class Config:
     broker_timeout: float = 2.0
     broker_transport_options: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    secret_key: str | None = None  # signs session cookies; env DASHBOARD_SECRET_KEY; random per start if unset
+    audit_path: str | None = None  # the SQLite audit log (":memory:" allowed); "" or None: auditing off
 
 
 def load_config(
@@ -122,7 +137,35 @@ def config_from_mapping(
         broker_timeout=float(timeout),
         broker_transport_options=dict(transport_options),
         source=source,
+        auth=parse_auth(data.get("auth", {}), fail),
+        secret_key=_secret_key(data, env, fail),
+        audit_path=_audit_path(data.get("audit", {}), env, fail),
     )
+
+
+def _secret_key(data: Mapping[str, Any], env: Mapping[str, str], fail: Any) -> str | None:
+    key = env.get(ENV_SECRET) or _string(data, "secret_key", fail, "") or None
+    if key is not None and len(key) < 16:
+        raise fail("secret_key must be at least 16 characters (e.g. from: python -c 'import secrets; "
+                   "print(secrets.token_hex(32))')")
+    return key
+
+
+def _audit_path(raw: Any, env: Mapping[str, str], fail: Any) -> str:
+    """$DASHBOARD_AUDIT_PATH, else [audit] path, else the XDG state directory; "" (off) when none is known."""
+    if not isinstance(raw, dict):
+        raise fail("[audit] must be a table")
+    extra = sorted(set(raw) - {"path"})
+    if extra:
+        raise fail(f"[audit]: unknown key(s) {', '.join(extra)}; use path (\"\" turns auditing off)")
+    path = raw.get("path")
+    if path is not None and not isinstance(path, str):
+        raise fail("[audit] path must be a string")
+    path = env.get(ENV_AUDIT_PATH, path)
+    if path is None:
+        default = default_path(env)
+        path = str(default) if default is not None else ""
+    return path
 
 
 def _string(data: Mapping[str, Any], key: str, fail: Any, default: str) -> str:
@@ -191,7 +234,7 @@ def _param(task: str, index: int, raw: Any, fail: Any) -> ParamSpec:
     if extra:
         raise fail(f"{where}: unknown key(s) {', '.join(extra)}")
     name = raw.get("name")
-    if not isinstance(name, str) or not PARAM_NAME_RE.match(name):
+    if not isinstance(name, str) or not PARAM_NAME_RE.fullmatch(name):
         raise fail(f"{where}: name must be a Python identifier")
     kind = raw.get("type", "str")
     if kind not in PARAM_TYPES:

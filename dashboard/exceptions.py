@@ -17,3 +17,12 @@ class BrokerUnavailable(DashboardError):
 
 class RoutingError(DashboardError):
     """Celery's router could not resolve a destination (a queue missing from task_queues, a failing router)."""
+
+
+class DispatchRefused(DashboardError):
+    """The task would land where nobody takes it; sent only when the user confirms (409 until then)."""
+
+    def __init__(self, message: str, warnings: list[str], queue: str) -> None:
+        super().__init__(message)
+        self.warnings = warnings
+        self.queue = queue

@@ -14,7 +14,7 @@ PARAM_TYPES: tuple[str, ...] = get_args(ParamType)
 
 # Celery accepts any string as a task name; we accept the characters real names use, so a stray
 # space, quote or control character is caught as the typo it almost always is.
-TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_][\w.:@/$-]{0,254}$")
+TASK_NAME_RE = re.compile(r"[A-Za-z0-9_][\w.:@/$-]{0,254}")  # used with fullmatch: "$" would allow a final newline
 PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -41,7 +41,7 @@ def task_name_problem(name: object) -> str | None:
         return "a task name is required"
     if len(name) > 255:
         return "a task name is at most 255 characters"
-    if not TASK_NAME_RE.match(name):
+    if not TASK_NAME_RE.fullmatch(name):
         return "a task name may hold letters, digits and . _ - : @ / $ only (no spaces)"
     return None
 
@@ -73,9 +73,8 @@ class ParamSpec:
                     return value
                 raise InvalidValue("must be a whole number")
             case "float":
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    if math.isfinite(value):
-                        return float(value)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    return float(value)
                 raise InvalidValue("must be a finite number")
             case "bool":
                 if isinstance(value, bool):
@@ -112,8 +111,10 @@ class ParamSpec:
             case _:
                 try:
                     return json.loads(text)
-                except ValueError as exc:
+                except json.JSONDecodeError as exc:
                     raise InvalidValue(f"must be valid JSON ({exc.msg} at position {exc.pos})") from None
+                except RecursionError:
+                    raise InvalidValue("is nested too deeply") from None
 
     def format_default(self) -> str:
         """The default as a form field shows it ('' when there is none)."""

@@ -184,8 +184,11 @@ def _parse_json_field(
         return kind()
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         errors[key] = f"is not valid JSON ({exc.msg} at position {exc.pos}); enter {example}"
+        return kind()
+    except RecursionError:
+        errors[key] = "is nested too deeply"
         return kind()
     if not isinstance(value, kind):
         errors[key] = f"must be {example}"
@@ -258,6 +261,7 @@ def _parse_options(raw: Mapping[str, Any], now: datetime, errors: dict[str, str]
     countdown = _number_option(raw.get("countdown"), "countdown", errors, typed=typed)
     if countdown is not None and not 0 <= countdown <= MAX_DELAY_SECONDS:
         errors["options.countdown"] = f"must be between 0 and {MAX_DELAY_SECONDS} seconds"
+        countdown = None  # not used below: a huge value would overflow the date arithmetic
     eta = _datetime_option(raw.get("eta"), "eta", errors)
     if eta is not None:
         if eta < now - ETA_PAST_TOLERANCE:
@@ -270,8 +274,8 @@ def _parse_options(raw: Mapping[str, Any], now: datetime, errors: dict[str, str]
     start = eta or (now + timedelta(seconds=countdown or 0))
     if isinstance(expires, datetime) and expires <= start:
         errors["options.expires"] = "is not after the time the task would start"
-    elif isinstance(expires, float) and (countdown or 0) >= expires:
-        errors["options.expires"] = "must be later than the countdown"
+    elif isinstance(expires, float) and now + timedelta(seconds=expires) <= start:
+        errors["options.expires"] = "must be later than the countdown or ETA"
     priority = raw.get("priority")
     if priority is not None:
         if not typed and isinstance(priority, str):

@@ -13,14 +13,17 @@ def mask_url(url: str | None) -> str:
     """The URL with its password (if any) replaced by a mask; the user name and host stay readable."""
     if not url:
         return ""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:{MASK}@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:{MASK}@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    except ValueError:  # a malformed port or bracket: mask textually rather than fail
+        return mask_text(url)
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

@@ -59,7 +59,7 @@ def test_dashboard_config_env_names_the_file(tmp_path: Path) -> None:
 
 def test_sample_config_loads() -> None:
     config = load_config(sample_config(), {})
-    assert len(config.catalog) == 5
+    assert len(config.catalog) == 6  # the five stub tasks and the deliberately misrouted translate
     assert config.task_default_queue == "default"
 
 
@@ -87,7 +87,8 @@ def test_client_app_alone_needs_no_file() -> None:
         ("[tasks.'a.b']\nparams = [{ name = 'x', type = 'date' }]", "type must be one of"),
         ("[tasks.'a.b']\nparams = [{ name = '1x' }]", "name must be a Python identifier"),
         ("[tasks.'a.b']\nparams = [{ name = 'x', type = 'int', default = 'one' }]", "default must be a whole number"),
-        ("[tasks.'a.b']\nparams = [{ name = 'x', required = true, default = 1, type = 'int' }]", "cannot have a default"),
+        ("[tasks.'a.b']\nparams = [{ name = 'x', required = true, default = 1, type = 'int' }]",
+         "cannot have a default"),
         ("[tasks.'a.b']\nparams = [{ name = 'x' }, { name = 'x' }]", "appears twice"),
         ("[tasks.'a.b']\ncolour = 1", "unknown key(s) colour"),
         ("[monitor]\ninspect_interval = -1", "inspect_interval must be"),
