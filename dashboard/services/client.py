@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 from celery.app.routes import MapRoute
-from kombu import Queue
+from kombu.entity import Queue
 from kombu.exceptions import KombuError, OperationalError
 
 from ..config import Config
@@ -27,13 +27,17 @@ log = logging.getLogger(__name__)
 STALE_CONNECTION_WINDOW = 0.5  # a failure faster than this was a dead pooled connection, not a slow broker
 
 # redis-py raises its own ConnectionError/TimeoutError, which kombu does not always wrap.
-_BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, KombuError, OSError, TimeoutError)
+BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, KombuError, OSError, TimeoutError)
 try:
     import redis.exceptions as _redis_exc
 
-    _BROKER_ERRORS += (_redis_exc.ConnectionError, _redis_exc.TimeoutError)
+    BROKER_ERRORS += (_redis_exc.ConnectionError, _redis_exc.TimeoutError)
 except ImportError:  # pragma: no cover - celery[redis] brings redis
     pass
+# py-amqp's own errors (AccessRefused, PreconditionFailed, ...) are not all wrapped by kombu either.
+from kombu.transport.pyamqp import Transport as _AmqpTransport  # noqa: E402
+
+BROKER_ERRORS += (*_AmqpTransport.connection_errors, *_AmqpTransport.channel_errors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +157,7 @@ class SendOnlyClient:
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
         self.app = build_send_only_app(settings)
+        self.results = build_result_app(settings)
         self._globs = _glob_sources(settings.task_routes)
 
     @property
@@ -217,9 +222,13 @@ class SendOnlyClient:
         started = time.monotonic()
         try:
             task_id = self._publish(request, options)
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             elapsed = time.monotonic() - started
             message = f"the broker at {self.broker_display} did not take the task ({_reason(exc)}) after {elapsed:.1f}s"
+            if not _refused(exc):
+                # The connection broke after the message may have gone out: Redis can store it and die before
+                # it answers. Say so, rather than invite a blind resend that would run the task twice.
+                message += "; it may still have been stored: check the queue or the task list before sending again"
             log.warning("dispatch of %s failed: %s", request.name, message)
             raise BrokerUnavailable(message) from None
         return SentTask(task_id, request.name, resolution, time.time(), request.options)
@@ -237,38 +246,48 @@ class SendOnlyClient:
                     request.name, args=list(request.args), kwargs=dict(request.kwargs), retry=False, **options
                 )
                 return str(result.id)
-            except _BROKER_ERRORS:
+            except BROKER_ERRORS:
                 if attempt == 2 or time.monotonic() - attempt_started > STALE_CONNECTION_WINDOW:
                     raise
         raise AssertionError("unreachable")
 
     def result_state(self, task_id: str) -> dict[str, Any] | None:
         """The task's state and result from the result backend, or None when there is no backend."""
-        if not self.settings.result_backend:
+        if self.results is None:
             return None
         try:
-            result = self.app.AsyncResult(task_id)
+            result = self.results.AsyncResult(task_id)
             state = result.state
             value = result.result if state in ("SUCCESS", "FAILURE", "RETRY", "PROGRESS") else None
             return {"state": state, "result": value, "traceback": result.traceback}
-        except _BROKER_ERRORS as exc:
+        except BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"the result backend did not answer ({_reason(exc)})") from None
+        except RuntimeError as exc:  # Celery's "Retry limit exceeded" wraps the connection error
+            cause = exc.__cause__ or exc
+            raise BrokerUnavailable(f"the result backend did not answer ({_reason(cause)})") from None
 
     def close(self) -> None:
-        """Release the app's connections."""
+        """Release the apps' connections."""
         self.app.close()
+        if self.results is not None:
+            self.results.close()
 
 
 def build_send_only_app(settings: ClientSettings) -> Celery:
     """A Celery app that only publishes: no task modules, bounded sockets, task-sent events on."""
     timeout = settings.timeout
-    app = Celery("dispatch-dashboard", set_as_current=False, broker=settings.broker_url,
-                 backend=settings.result_backend or None)
+    # No result backend here, on purpose: with one, send_task first subscribes to the task's result channel,
+    # and against a dead Redis Celery's backend retries that 20 times (~20 s, or a minute when Redis hangs)
+    # before publishing anything. Results are read through a separate app (build_result_app).
+    app = Celery("dispatch-dashboard", set_as_current=False, broker=settings.broker_url)
     transport_options = dict(settings.broker_transport_options)
     # Defaults retry forever in some paths, and a broker that accepts TCP but never answers hangs for good.
     transport_options.update(
         {"max_retries": 0, "socket_connect_timeout": timeout, "socket_timeout": timeout, "connect_timeout": timeout}
     )
+    if settings.broker_url.split(":", 1)[0].lower() in ("amqp", "amqps", "pyamqp"):
+        # Without publisher confirms, a publish into a connection RabbitMQ just dropped "succeeds" and is lost.
+        transport_options.update({"read_timeout": timeout, "write_timeout": timeout, "confirm_publish": True})
     app.conf.update(
         task_routes=settings.task_routes,
         task_default_queue=settings.task_default_queue,
@@ -294,6 +313,26 @@ def build_send_only_app(settings: ClientSettings) -> Celery:
     return app
 
 
+def build_result_app(settings: ClientSettings) -> Celery | None:
+    """A Celery app that only reads the result backend, failing fast (None without a backend)."""
+    if not settings.result_backend:
+        return None
+    timeout = settings.timeout
+    app = Celery("dispatch-dashboard-results", set_as_current=False, broker=settings.broker_url,
+                 backend=settings.result_backend)
+    app.conf.update(
+        accept_content=["json"],
+        result_serializer="json",
+        result_extended=True,
+        result_backend_always_retry=False,
+        result_backend_transport_options={"retry_policy": {"max_retries": 0}},
+        redis_socket_timeout=timeout,
+        redis_socket_connect_timeout=timeout,
+        redis_retry_on_timeout=False,
+    )
+    return app
+
+
 def _glob_sources(task_routes: Any) -> dict[str, str]:
     """Map each compiled glob's regex source back to the glob the user wrote, for display."""
     tables = task_routes if isinstance(task_routes, (list, tuple)) else [task_routes]
@@ -309,6 +348,18 @@ def _glob_sources(task_routes: Any) -> dict[str, str]:
 def _describe(router: Any) -> str:
     name = getattr(router, "__qualname__", None) or type(router).__name__
     return str(name)
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when the broker surely never saw the message (the connection itself was refused)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or "refused" in str(current).lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _reason(exc: BaseException) -> str:

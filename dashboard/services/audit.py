@@ -1,0 +1,484 @@
+"""The dispatch audit log: every attempt, sent or not, written durably to SQLite. No Flask here.
+
+One connection per log, guarded by a lock (`check_same_thread=False`): SQLite serialises writers anyway, one
+connection is one file handle however many server threads there are, and `close()` really closes it. Other
+processes (gunicorn workers) open their own; WAL lets them read while one writes, and the busy timeout bounds
+how long a write waits for another's lock.
+
+Durability: WAL with `synchronous=FULL`. NORMAL survives a killed process but may lose the last commits on a
+power cut or kernel crash; an audit log exists for the moment something went wrong, and one fsync per
+dispatch is cheap next to the broker round trip that comes with it.
+
+Recording never breaks a dispatch: a failed write is logged (without the arguments) and counted in
+`write_errors`, and the dispatch goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, cast, get_args
+
+from ..exceptions import BrokerUnavailable, DashboardError, DispatchRefused
+from ..model.dispatch import DispatchInvalid, DispatchRequest
+from ..model.secrets import mask_text
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["sent", "refused", "invalid", "unavailable", "error"]
+OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
+Source = Literal["api", "form"]
+SOURCES: Final[tuple[Source, ...]] = get_args(Source)
+
+ANONYMOUS: Final = "anonymous"  # who, until a request carries an authenticated identity
+MEMORY: Final = ":memory:"  # a private in-memory database (tests)
+APP_DIR: Final = "dispatch-dashboard"
+FILE_NAME: Final = "audit.sqlite3"
+MAX_TEXT_CHARS: Final = 16 * 1024  # per stored text field; longer values are cut and marked
+MAX_QUERY_LIMIT: Final = 1000
+BUSY_TIMEOUT: Final = 5.0  # seconds a write waits for another process's lock (fsyncs are slow under load)
+
+# Schema migrations: _MIGRATIONS[n] takes user_version n to n + 1. Append; never edit a released step.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE dispatches (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            who TEXT NOT NULL,
+            source TEXT NOT NULL,
+            remote_addr TEXT,
+            name TEXT NOT NULL,
+            args TEXT NOT NULL,
+            kwargs TEXT NOT NULL,
+            options TEXT NOT NULL,
+            queue TEXT,
+            forced INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            task_id TEXT,
+            error TEXT
+        )""",
+        # Each index ends in `at`, so a filtered page comes newest first straight from the index.
+        "CREATE INDEX dispatches_at ON dispatches (at)",
+        "CREATE INDEX dispatches_name_at ON dispatches (name, at)",
+        "CREATE INDEX dispatches_outcome_at ON dispatches (outcome, at)",
+        "CREATE INDEX dispatches_task_id ON dispatches (task_id) WHERE task_id IS NOT NULL",
+    ),
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+_COLUMNS: Final = ("id", "at", "who", "source", "remote_addr", "name", "args", "kwargs", "options", "queue",
+                   "forced", "outcome", "task_id", "error")
+_INSERT: Final = f"INSERT INTO dispatches ({', '.join(_COLUMNS[1:])}) VALUES ({', '.join('?' * len(_COLUMNS[1:]))})"
+_SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM dispatches"
+
+
+class AuditUnavailable(DashboardError):
+    """The audit log cannot be opened or read (the message names the file and why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who asked for a dispatch and through what; the web layer fills it from the request."""
+
+    who: str = ANONYMOUS
+    source: Source = "api"
+    remote_addr: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One dispatch attempt. args, kwargs and options are JSON text (a cut value is no longer valid JSON)."""
+
+    at: float  # epoch seconds
+    who: str
+    source: Source
+    remote_addr: str | None
+    name: str
+    args: str
+    kwargs: str
+    options: str
+    queue: str | None  # where Celery's router sent it (or would have), when known
+    forced: bool
+    outcome: Outcome
+    task_id: str | None = None  # only when sent
+    error: str | None = None  # why it was not sent, credentials masked
+    id: int | None = None  # set on entries read back from the log
+
+    @property
+    def time_iso(self) -> str:
+        """`at` as ISO 8601 UTC with milliseconds, like 2030-01-31T12:00:00.000Z."""
+        try:
+            when = datetime.fromtimestamp(self.at, UTC)
+        except (OverflowError, OSError, ValueError):
+            return "?"
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "id": self.id,
+            "at": self.at,
+            "time": self.time_iso,
+            "who": self.who,
+            "source": self.source,
+            "remote_addr": self.remote_addr,
+            "name": self.name,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "options": self.options,
+            "queue": self.queue,
+            "forced": self.forced,
+            "outcome": self.outcome,
+            "task_id": self.task_id,
+            "error": self.error,
+        }
+
+
+def default_path(environ: Mapping[str, str]) -> Path | None:
+    """$XDG_STATE_HOME/dispatch-dashboard/audit.sqlite3, else under ~/.local/state; None when neither is known."""
+    state_home = environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(state_home):  # the XDG spec: a relative value is invalid and must be ignored
+        return Path(state_home) / APP_DIR / FILE_NAME
+    home = environ.get("HOME", "")
+    if os.path.isabs(home):
+        return Path(home) / ".local" / "state" / APP_DIR / FILE_NAME
+    return None
+
+
+def capped(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """`text` storable as UTF-8 (lone surrogates escaped) and at most `limit` characters plus a truncation mark."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        return f"{text[:limit]}… [truncated: {len(text)} characters in all]"
+    return text
+
+
+def json_text(value: Any) -> str:
+    """`value` as JSON text for the log; never raises (a value JSON cannot hold is named by its type)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (ValueError, TypeError, RecursionError):
+        return f"<not JSON: {type(value).__name__}>"
+
+
+def error_text(exc: BaseException) -> str:
+    """What went wrong, for the log: our own errors by their message, others with their type; credentials masked."""
+    message = str(exc)
+    if not isinstance(exc, DashboardError | DispatchInvalid):
+        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return mask_text(message)
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    """The outcome a dispatch that raised `exc` had."""
+    if isinstance(exc, DispatchRefused):
+        return "refused"
+    if isinstance(exc, DispatchInvalid):
+        return "invalid"
+    if isinstance(exc, BrokerUnavailable):
+        return "unavailable"
+    return "error"
+
+
+def request_entry(
+    request: DispatchRequest,
+    origin: Origin,
+    at: float,
+    outcome: Outcome,
+    *,
+    queue: str | None = None,
+    task_id: str | None = None,
+    error: str | None = None,
+) -> AuditEntry:
+    """The entry for a checked request."""
+    return AuditEntry(
+        at=at,
+        who=origin.who,
+        source=origin.source,
+        remote_addr=origin.remote_addr,
+        name=request.name,
+        args=json_text(list(request.args)),
+        kwargs=json_text(request.kwargs),
+        options=json_text(request.options.to_dict()),
+        queue=queue,
+        forced=request.force,
+        outcome=outcome,
+        task_id=task_id,
+        error=error,
+    )
+
+
+def _optional(text: str | None) -> str | None:
+    return None if text is None else capped(text)
+
+
+def _row(entry: AuditEntry) -> tuple[Any, ...]:
+    """The INSERT parameters: every text capped, whatever the caller put in."""
+    return (
+        float(entry.at),
+        capped(entry.who),
+        capped(entry.source),
+        _optional(entry.remote_addr),
+        capped(entry.name),
+        capped(entry.args),
+        capped(entry.kwargs),
+        capped(entry.options),
+        _optional(entry.queue),
+        1 if entry.forced else 0,
+        capped(entry.outcome),
+        _optional(entry.task_id),
+        _optional(entry.error),
+    )
+
+
+def _entry(row: tuple[Any, ...]) -> AuditEntry:
+    (id_, at, who, source, remote_addr, name, args, kwargs, options, queue, forced, outcome, task_id, error) = row
+    return AuditEntry(
+        at=float(at), who=who, source=cast(Source, source), remote_addr=remote_addr, name=name, args=args,
+        kwargs=kwargs, options=options, queue=queue, forced=bool(forced), outcome=cast(Outcome, outcome),
+        task_id=task_id, error=error, id=int(id_),
+    )
+
+
+class AuditLog:
+    """The SQLite audit log at `path` (":memory:" for a private in-memory one); opened on first use."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._write_errors = 0
+
+    @property
+    def write_errors(self) -> int:
+        """How many entries could not be written since this log was created."""
+        return self._write_errors
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def record(self, entry: AuditEntry) -> int | None:
+        """Write one entry and return its id; on failure log it, count it and return None (never raises)."""
+        try:
+            row = _row(entry)
+            with self._lock:
+                cursor = self._connection().execute(_INSERT, row)
+                return cursor.lastrowid
+        except (AuditUnavailable, sqlite3.Error, OSError) as exc:
+            count = self._count_failure()
+            log.error("audit: could not record the %s dispatch of %r at %.3f by %s (%d failed so far): %s",
+                      entry.outcome, entry.name[:200], entry.at, entry.who[:200], count, mask_text(str(exc)))
+        except Exception:  # a bug here must not fail the dispatch either; the traceback goes to the log
+            count = self._count_failure()
+            log.exception("audit: could not record the %s dispatch of %r (%d failed so far)",
+                          entry.outcome, entry.name[:200], count)
+        return None
+
+    def count_failure(self) -> int:
+        """Count an entry that never reached `record` (it could not be built); the new total."""
+        return self._count_failure()
+
+    def query(
+        self,
+        name: str | None = None,
+        outcome: str | None = None,
+        who: str | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[AuditEntry], int]:
+        """Entries matching every given filter (exact values; since <= at < until), newest first, and their total.
+
+        Raises ValueError for an unknown outcome or a limit/offset out of range, AuditUnavailable when the log
+        cannot be read.
+        """
+        if outcome is not None and outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
+        if not 1 <= limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_QUERY_LIMIT}")
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("name", name), ("outcome", outcome), ("who", who), ("queue", queue),
+                              ("task_id", task_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")  # column names are ours; values are always bound parameters
+                params.append(capped(value))
+        if since is not None:
+            clauses.append("at >= ?")
+            params.append(float(since))
+        if until is not None:
+            clauses.append("at < ?")
+            params.append(float(until))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        try:
+            with self._lock:
+                conn = self._connection()
+                conn.execute("BEGIN")  # one read snapshot for the count and the page
+                try:
+                    total = int(conn.execute(f"SELECT count(*) FROM dispatches{where}", params).fetchone()[0])
+                    rows = conn.execute(f"{_SELECT}{where} ORDER BY at DESC, id DESC LIMIT ? OFFSET ?",
+                                        [*params, limit, offset]).fetchall()
+                finally:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be read: {exc}")) from None
+        return [_entry(tuple(row)) for row in rows], total
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL); later writes are counted as failed, reads raise."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error as exc:
+                log.warning("audit: closing %s: %s", self.path, exc)
+
+    def _count_failure(self) -> int:
+        with self._lock:
+            self._write_errors += 1
+            return self._write_errors
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection (the caller holds the lock); opened, and the schema brought up to date, once."""
+        if self._closed:
+            raise AuditUnavailable(f"the audit log {self.path} is closed")
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if self.path != MEMORY:
+                _create_private(Path(self.path))
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be opened: {exc}")) from None
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal" and self.path != MEMORY:
+                log.warning("audit: %s runs in journal mode %s, not WAL (a file system without shared memory?)",
+                            self.path, mode)
+            conn.execute("PRAGMA synchronous=FULL")
+            _migrate(conn, self.path)
+        except (sqlite3.Error, AuditUnavailable) as exc:
+            conn.close()
+            if isinstance(exc, AuditUnavailable):
+                raise
+            raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be opened: {exc}")) from None
+        return conn
+
+
+def _create_private(path: Path) -> None:
+    """Create the parent directories and an empty file readable by its owner only: the log holds task arguments.
+
+    SQLite gives the -wal and -shm files the mode of the database file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        return
+    with contextlib.suppress(FileExistsError):  # another process created it first
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the schema to SCHEMA_VERSION (PRAGMA user_version), once, even with several processes starting."""
+    if _user_version(conn) == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")  # take the write lock, then look again: another process may have done it
+    try:
+        version = _user_version(conn)
+        if version > SCHEMA_VERSION:
+            raise AuditUnavailable(f"the audit log {path} has schema version {version}, written by a newer "
+                                   f"dispatch-dashboard (this one knows up to {SCHEMA_VERSION})")
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _MIGRATIONS[step]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    if version < SCHEMA_VERSION:
+        log.info("audit: %s at schema version %d", path, SCHEMA_VERSION)
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+class DispatchAttempt:
+    """One dispatch, recorded when its `with` block ends: sent (after `sent()`), or what its exception means.
+
+    It never suppresses the dispatch's exception and never raises one of its own. With no audit log it does
+    nothing.
+    """
+
+    def __init__(
+        self,
+        audit: AuditLog | None,
+        request: DispatchRequest,
+        origin: Origin,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.audit = audit
+        self.request = request
+        self.origin = origin
+        self.at = clock()
+        self.queue: str | None = None  # set as soon as the route is resolved, so a failure records it too
+        self.task_id: str | None = None
+        self.entry: AuditEntry | None = None
+        self.entry_id: int | None = None
+
+    def sent(self, task_id: str, queue: str) -> None:
+        """The broker took the task."""
+        self.task_id, self.queue = task_id, queue
+
+    def __enter__(self) -> DispatchAttempt:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.entry = self._describe(exc)
+        except Exception:  # describing must not replace the dispatch's own outcome; the traceback goes to the log
+            count = self.audit.count_failure()
+            log.exception("audit: could not describe the dispatch of %r (%d failed so far)",
+                          self.request.name[:200], count)
+            return
+        self.entry_id = self.audit.record(self.entry)
+
+    def _describe(self, exc: BaseException | None) -> AuditEntry:
+        if exc is None:
+            if self.task_id is None:
+                return request_entry(self.request, self.origin, self.at, "error", queue=self.queue,
+                                     error="the dispatch ended without a task id")
+            return request_entry(self.request, self.origin, self.at, "sent", queue=self.queue,
+                                 task_id=self.task_id)
+        queue = exc.queue if isinstance(exc, DispatchRefused) else self.queue
+        return request_entry(self.request, self.origin, self.at, outcome_of(exc), queue=queue,
+                             error=error_text(exc))
