@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the package root stays light: `dashboard.model` must import without Flask or Celery
@@ -11,6 +10,8 @@ if TYPE_CHECKING:  # the package root stays light: `dashboard.model` must import
 
     from .config import Config
     from .services.client import SendOnlyClient
+    from .services.monitor import Monitor
+    from .services.routing import RoutingService
 
 __all__ = ["create_app"]
 
@@ -19,13 +20,24 @@ MAX_BODY_BYTES = 1024 * 1024  # a dispatch body is small; anything larger is ref
 log = logging.getLogger(__name__)
 
 
-def create_app(config: Config | None = None, *, client: SendOnlyClient | None = None) -> Flask:
-    """Build the Flask app from `config` (else from $DASHBOARD_CONFIG); connects to nothing until used."""
+def create_app(
+    config: Config | None = None,
+    *,
+    client: SendOnlyClient | None = None,
+    monitor: Monitor | None = None,
+    live: bool = True,
+) -> Flask:
+    """Build the Flask app from `config` (else from $DASHBOARD_CONFIG); connects to nothing until used.
+
+    With `live` (the default) the event monitor starts on the first request in each process, so a server
+    that forks workers (gunicorn) runs one listener per worker and none in the master.
+    """
     from flask import Flask
 
     from .config import load_config
     from .resources import resource_dir
     from .services.client import ClientSettings, SendOnlyClient
+    from .services.monitor import Monitor
     from .web import register
     from .web.runtime import Runtime
 
@@ -39,6 +51,45 @@ def create_app(config: Config | None = None, *, client: SendOnlyClient | None = 
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     client = client if client is not None else SendOnlyClient(ClientSettings.from_config(config))
-    app.extensions["dispatch_dashboard"] = Runtime(config=config, client=client)
+    monitor = monitor if monitor is not None else Monitor(client.settings, config.monitor)
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 20, "max_message_size": 64 * 1024}
+    rt = Runtime(config=config, client=client, monitor=monitor, live=live)
+    rt.routing = _routing_service(config, client, monitor)
+    rt.stats.install(monitor)
+    from .services.audit import AuditLog
+
+    rt.audit = AuditLog(config.audit_path) if config.audit_path else None  # opened on the first dispatch
+    log.info("audit log: %s", config.audit_path or "off")
+    app.extensions["dispatch_dashboard"] = rt
     register(app)
     return app
+
+
+def _routing_service(config: Config, client: SendOnlyClient, monitor: Monitor) -> RoutingService:
+    """The routing comparison and alerts, as jobs on the monitor's ticker (nothing runs until it starts)."""
+    from .exceptions import ConfigError
+    from .services.broker import broker_inspector
+    from .services.inspection import WorkerInspector
+    from .services.routing import RoutingService
+
+    settings = client.settings
+    try:
+        broker = broker_inspector(settings.broker_url, settings.broker_transport_options, settings.timeout)
+    except ConfigError as exc:
+        log.warning("queue depths unavailable: %s", exc)
+        broker = None
+    service = RoutingService(
+        client,
+        monitor,
+        WorkerInspector(monitor.control_app, timeout=min(settings.timeout, 2.0)),
+        broker,
+        [spec.name for spec in config.catalog],
+        grace=config.monitor.alert_grace,
+        inspect_interval=config.monitor.inspect_interval,
+    )
+    service.install()
+    from .services.resync import Resync
+
+    resync = Resync(monitor, service.inspector, client.result_state if settings.result_backend else None)
+    resync.install()
+    return service

@@ -1,4 +1,4 @@
-"""The JSON API: dispatch, catalog, health."""
+"""The JSON API: dispatch, catalog, tasks, workers, status, health."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from ..exceptions import DispatchRefused
 from ..model.dispatch import DispatchInvalid, parse_api_body
+from . import views
+from .audit import record_invalid
+from .live import status_message
 from .runtime import runtime
 
 bp = Blueprint("api", __name__)
@@ -35,8 +39,14 @@ def dispatch() -> tuple[Response, int]:
     try:
         checked = parse_api_body(body, rt.config.catalog, rt.now())
     except DispatchInvalid as exc:
+        rt.stats.note_dispatch("invalid")
+        record_invalid(body, exc)
         return _bad_request(exc.message, fields=exc.errors)
-    sent = rt.dispatch(checked)
+    try:
+        sent = rt.dispatch(checked)
+    except DispatchRefused as exc:
+        message = f'not sent: {exc}. Send again with "force": true to dispatch anyway.'
+        return jsonify(error=message, warnings=exc.warnings, queue=exc.queue), 409
     payload = {
         "task_id": sent.task_id,
         "queue": sent.resolution.queue,
@@ -76,6 +86,76 @@ def catalog() -> Response:
             }
         )
     return jsonify(tasks=tasks)
+
+
+@bp.get("/api/tasks")
+def tasks() -> tuple[Response, int]:
+    """Retained tasks, newest first: ?state=&name=&queue=&worker=&limit=(1-1000, 50)&offset=."""
+    try:
+        filters = views.TaskFilters.from_args(request.args)
+    except views.FilterError as exc:
+        return _bad_request(str(exc))
+    found, total = runtime().monitor.state.tasks(
+        filters.state, filters.name, filters.queue, filters.worker, filters.limit, filters.offset
+    )
+    return jsonify(tasks=[task.to_dict() for task in found], total=total, limit=filters.limit,
+                   offset=filters.offset), 200
+
+
+@bp.get("/api/tasks/<path:task_id>", merge_slashes=False)
+def task(task_id: str) -> tuple[Response, int]:
+    """One retained task with its timeline; 404 when it was never seen or has been evicted."""
+    found = runtime().monitor.state.task(task_id)
+    if found is None:
+        return jsonify(error=f"no task with id {task_id[:255]!r} is retained (never seen, or evicted)"), 404
+    return jsonify(found.to_dict()), 200
+
+
+@bp.get("/api/workers")
+def workers() -> Response:
+    """Every worker seen, online or offline, with what inspection learned of it."""
+    return jsonify(workers=[worker.to_dict() for worker in runtime().monitor.state.workers()])
+
+
+@bp.get("/api/status")
+def status() -> Response:
+    """The event stream's connection, stream gaps, and counts of what is retained."""
+    rt = runtime()
+    body = status_message(rt)
+    body.pop("type")
+    return jsonify(**body, counts=rt.monitor.state.counts().to_dict())
+
+
+@bp.get("/api/routing")
+def routing() -> Response:
+    """The comparison: one row per task and per queue, with status and problems (empty until inspected)."""
+    rt = runtime()
+    service = rt.routing
+    report = service.report if service is not None else None
+    body: dict[str, Any] = report.to_dict() if report is not None else {"tasks": [], "queues": []}
+    body.update(
+        inspected_at=service.inspected_at if service else None,
+        compared_at=service.compared_at if service else None,
+        broker_error=service.broker_error if service else None,
+        inspect_error=service.inspect_error if service else None,
+    )
+    return jsonify(body)
+
+
+@bp.get("/api/alerts")
+def alerts() -> Response:
+    """Active alerts, oldest first: kind, queue/task/depth when they apply, since, message."""
+    return jsonify([alert.to_dict() for alert in views.alerts_of(runtime())])
+
+
+@bp.post("/api/queues/<path:queue>/consumers", merge_slashes=False)
+def add_consumer(queue: str) -> tuple[Response, int]:
+    """Tell an online worker to consume `queue`: body {"worker": hostname}."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("worker"), str):
+        return _bad_request('send a JSON object like {"worker": "celery@host"}')
+    ok, message, status = views.consumer_fix(runtime(), queue, body["worker"].strip())
+    return (jsonify(ok=message), status) if ok else (jsonify(error=message), status)
 
 
 @bp.get("/healthz")

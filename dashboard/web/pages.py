@@ -1,24 +1,56 @@
-"""Pages and their htmx fragments: the dispatch forms, the route preview, the task page."""
+"""Pages and their htmx fragments: the dispatch forms, the route preview, the live tasks, task and workers pages."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, render_template, request, url_for
+from markupsafe import Markup
 from werkzeug.exceptions import NotFound
 
-from ..exceptions import BrokerUnavailable, RoutingError
+from ..exceptions import BrokerUnavailable, DispatchRefused, RoutingError
 from ..model.catalog import TaskSpec, task_name_problem
-from ..model.dispatch import FORM_OPTION_PREFIX, FORM_PARAM_PREFIX, OPTION_NAMES, DispatchInvalid, DispatchOptions
-from ..model.dispatch import parse_form
+from ..model.dispatch import (
+    FORM_OPTION_PREFIX,
+    FORM_PARAM_PREFIX,
+    OPTION_NAMES,
+    DispatchInvalid,
+    DispatchOptions,
+    parse_form,
+)
 from ..model.secrets import mask_text
+from ..model.state import EVENT_STATES
 from ..services.client import Resolution, SentTask
+from ..services.routing import Guard
+from . import views
+from .audit import record_invalid
 from .runtime import Runtime, runtime
 
 bp = Blueprint("pages", __name__)
+
+
+@bp.app_context_processor
+def _connection() -> dict[str, Any]:
+    """Every page shows the event stream's connection indicator."""
+    rt = runtime()
+    monitor = rt.monitor
+    return {"stream": monitor.status, "gaps": monitor.gaps, "gaps_total": monitor.gaps_total,
+            "alerts": views.alerts_of(rt)}
+
+
+@bp.app_template_filter("clock")
+def clock(timestamp: float | None) -> str:
+    """A UTC wall-clock time with milliseconds, for timelines and heartbeats."""
+    if timestamp is None:
+        return "–"
+    try:
+        return datetime.fromtimestamp(float(timestamp), UTC).strftime("%H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 RAW_FORM_ID = "dispatch-raw"
 _FORM_ID_RE = re.compile(r"^dispatch-(raw|\d{1,4})$")
@@ -37,6 +69,8 @@ class FormView:
     route_error: str | None = None
     sent: SentTask | None = None
     failure: str | None = None
+    guard: Guard | None = None
+    refused: list[str] = field(default_factory=list)
 
     @property
     def raw(self) -> bool:
@@ -72,17 +106,24 @@ def _preview(rt: Runtime, name: str, queue: str | None) -> tuple[Resolution | No
         return None, mask_text(str(exc))
 
 
+def _set_preview(rt: Runtime, view: FormView, name: str, queue: str | None) -> None:
+    """Fill the form's route preview and the warnings the latest worker inspection gives for it."""
+    view.resolution, view.route_error = _preview(rt, name, queue)
+    view.guard = rt.guard(name, view.resolution.queue) if view.resolution is not None else None
+
+
 def _catalog_forms(rt: Runtime) -> list[FormView]:
     forms = []
     for index, spec in enumerate(rt.config.catalog):
-        resolution, error = _preview(rt, spec.name, None)
-        forms.append(FormView(f"dispatch-{index}", spec, resolution=resolution, route_error=error))
+        view = FormView(f"dispatch-{index}", spec)
+        _set_preview(rt, view, spec.name, None)
+        forms.append(view)
     return forms
 
 
 def _form_for(rt: Runtime, form_id: str) -> FormView:
     """An empty form view for `form_id` as the client named it (validated, never trusted)."""
-    match = _FORM_ID_RE.match(form_id)
+    match = _FORM_ID_RE.fullmatch(form_id)
     if match is None:
         return FormView(RAW_FORM_ID, None)
     if match.group(1) == "raw":
@@ -124,15 +165,20 @@ def submit() -> tuple[str, int]:
         form_data["mode"] = "raw"
     view.values = form_data
     queue_override = form_data.get(FORM_OPTION_PREFIX + "queue", "").strip()
-    view.resolution, view.route_error = _preview(rt, form_data.get("name", "").strip(), queue_override)
+    _set_preview(rt, view, form_data.get("name", "").strip(), queue_override)
     status = 200
     try:
         checked = parse_form(form_data, rt.config.catalog, rt.now())
         view.sent = rt.dispatch(checked)
         view.values = {"form_id": view.form_id, "name": form_data["name"]} if view.raw else {}
     except DispatchInvalid as exc:
+        rt.stats.note_dispatch("invalid")
+        record_invalid(form_data, exc)
         view.errors = _form_errors(exc.errors)
         status = 422
+    except DispatchRefused as exc:
+        view.refused = exc.warnings
+        status = 409
     except RoutingError as exc:
         view.failure = mask_text(str(exc))
         status = 400
@@ -175,14 +221,40 @@ def preview() -> str:
     name = view.spec.name if view.spec is not None else request.args.get("name", "").strip()
     queue = request.args.get(FORM_OPTION_PREFIX + "queue", "").strip()
     view.values = {"name": name}
-    view.resolution, view.route_error = _preview(rt, name, queue)
+    _set_preview(rt, view, name, queue)
     return render_template("partials/route_preview.html", form=view)
+
+
+@bp.get("/tasks")
+def tasks() -> tuple[str, int]:
+    """The live tasks page: newest first, filtered by state, name, queue and worker, paginated."""
+    rt = runtime()
+    filter_error = None
+    status = 200
+    try:
+        filters = views.TaskFilters.from_args(request.args, max_limit=500)
+    except views.FilterError as exc:
+        filters, filter_error, status = views.TaskFilters(), str(exc), 400
+    table_html, _ = views.task_table_fragment(rt, filters)
+    live_url = url_for("live.ui", view="tasks") + ("&" + filters.query() if filters.query() else "")
+    return render_template(
+        "pages/tasks.html", filters=filters, filter_error=filter_error, states=EVENT_STATES,
+        table_html=Markup(table_html), workers_html=Markup(views.workers_fragment(rt)), live_url=live_url,
+    ), status
+
+
+@bp.get("/workers")
+def workers() -> str:
+    """The live workers panel."""
+    rt = runtime()
+    return render_template("pages/workers.html", workers_html=Markup(views.workers_fragment(rt)),
+                           live_url=url_for("live.ui", view="workers"))
 
 
 @bp.get("/tasks/<task_id>")
 def task(task_id: str) -> tuple[str, int]:
-    """One task: what the result backend knows of it (live timeline comes with the event stream)."""
-    if not _TASK_ID_RE.match(task_id):
+    """One task, live from events, plus what the result backend knew when the page loaded."""
+    if not _TASK_ID_RE.fullmatch(task_id):
         raise NotFound()
     rt = runtime()
     backend: dict[str, Any] | None = None
@@ -191,4 +263,31 @@ def task(task_id: str) -> tuple[str, int]:
         backend = rt.client.result_state(task_id)
     except BrokerUnavailable as exc:
         backend_error = mask_text(str(exc))
-    return render_template("pages/task.html", task_id=task_id, backend=backend, backend_error=backend_error), 200
+    return render_template(
+        "pages/task.html", task_id=task_id, backend=backend, backend_error=backend_error,
+        detail_html=Markup(views.task_detail_fragment(rt, task_id)),
+        live_url=url_for("live.ui", view="task", id=task_id),
+    ), 200
+
+
+@bp.get("/routing")
+def routing() -> str:
+    """API routing and worker routing side by side, with the alerts and their fixes."""
+    rt = runtime()
+    return render_template(
+        "pages/routing.html", routing_html=Markup(views.routing_fragment(rt)),
+        alerts_html=Markup(views.alerts_panel_fragment(rt)), config_source=rt.client.settings.origin,
+        live_url=url_for("live.ui", view="routing"),
+    )
+
+
+@bp.post("/routing/add-consumer")
+def add_consumer() -> tuple[str, int]:
+    """The one-click fix of an orphaned queue: a chosen online worker starts consuming it (confirmed)."""
+    rt = runtime()
+    queue = request.form.get("queue", "").strip()
+    worker = request.form.get("worker", "").strip()
+    if request.form.get("confirm") not in ("1", "on", "true"):
+        return render_template("partials/fix_result.html", ok=False, message="Tick \"I confirm\" first."), 422
+    ok, message, status = views.consumer_fix(rt, queue, worker)
+    return render_template("partials/fix_result.html", ok=ok, message=message), status

@@ -2,36 +2,83 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Flask, current_app
 
 from ..config import Config
+from ..exceptions import BrokerUnavailable, DispatchRefused, RoutingError
 from ..model.dispatch import DispatchRequest
+from ..services.audit import AuditLog, DispatchAttempt
 from ..services.client import Resolution, SendOnlyClient, SentTask
+from ..services.monitor import Monitor
+from ..services.routing import Guard, RoutingService
+from ..services.stats import TaskStats
 
 EXTENSION_KEY = "dispatch_dashboard"
 
 
 @dataclass
 class Runtime:
-    """What one dashboard app owns: its config and its send-only client."""
+    """What one dashboard app owns: its config, its send-only client and its live monitor."""
 
     config: Config
     client: SendOnlyClient
+    monitor: Monitor
+    live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
+    metric_sources: list[Callable[[], Iterator[Any]]] = field(default_factory=list)  # more /metrics families
+    routing: RoutingService | None = None
+    stats: TaskStats = field(default_factory=TaskStats)
+    audit: AuditLog | None = None  # every dispatch attempt is recorded here (None: auditing is off)
 
     def now(self) -> datetime:
         """The current time, timezone-aware."""
         return datetime.now(UTC)
 
+    def ensure_started(self) -> None:
+        """Start the monitor once in this process (cheap after the first call)."""
+        if self.live and not self.monitor.started:
+            self.monitor.start()
+
     def resolve(self, request: DispatchRequest) -> Resolution:
         """Where the request would go, by Celery's router."""
         return self.client.resolve(request.name, request.options, request.args, request.kwargs)
 
+    def guard(self, name: str, queue: str) -> Guard | None:
+        """Warnings for a dispatch of `name` to `queue` from the latest inspection (None when not monitoring)."""
+        return self.routing.guard(name, queue) if self.routing is not None else None
+
     def dispatch(self, request: DispatchRequest) -> SentTask:
-        """Publish a checked request (raises BrokerUnavailable or RoutingError)."""
-        return self.client.send(request)
+        """Publish a checked request (raises BrokerUnavailable, RoutingError, or DispatchRefused unless forced).
+
+        Every attempt, sent or not, is written to the audit log; a failing write never fails the dispatch.
+        """
+        from .audit import request_origin
+
+        try:
+            with DispatchAttempt(self.audit, request, request_origin()) as attempt:
+                resolution = self.resolve(request)
+                attempt.queue = resolution.queue  # recorded even when the send fails
+                if not request.force:
+                    guard = self.guard(request.name, resolution.queue)
+                    if guard is not None and guard.blocks:
+                        raise DispatchRefused("; and ".join(guard.warnings), guard.warnings, resolution.queue)
+                sent = self.client.send(request)
+                attempt.sent(sent.task_id, sent.resolution.queue)
+        except DispatchRefused:
+            self.stats.note_dispatch("refused")
+            raise
+        except BrokerUnavailable:
+            self.stats.note_dispatch("unavailable")
+            raise
+        except RoutingError:
+            self.stats.note_dispatch("routing_error")
+            raise
+        self.stats.note_dispatch("sent")
+        return sent
 
 
 def runtime(app: Flask | None = None) -> Runtime:

@@ -1,0 +1,183 @@
+"""What the live pages show, shared by the page handlers and the websocket pushes (one renderer per element).
+
+Each live element has a stable id and one partial template; the websocket sends the same partials the page
+rendered, and htmx's ws extension swaps them in by id. Task data is untrusted: the templates autoescape it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import render_template
+
+from ..exceptions import BrokerUnavailable
+from ..model.catalog import task_name_problem
+from ..model.secrets import mask_text
+from ..model.state import EVENT_STATES, TaskView
+from ..services.client import BROKER_ERRORS
+from ..services.inspection import NoReply, WorkerRefused
+from .runtime import Runtime
+
+PAGE_SIZE = 50
+MAX_OFFSET = 10_000_000
+FILTER_KEYS = ("state", "name", "queue", "worker")
+_UNAVAILABLE: tuple[type[BaseException], ...] = (BrokerUnavailable, *BROKER_ERRORS)
+_UNSAFE_ID_CHAR = re.compile(r"[^A-Za-z0-9-]")  # "_" too, so the escaping is one-to-one
+
+
+def dom_id(prefix: str, key: str) -> str:
+    """A selector-safe element id for an arbitrary key (task ids and hostnames may hold '.', ':' or '@')."""
+    return prefix + _UNSAFE_ID_CHAR.sub(lambda m: f"_{ord(m.group()):x}_", key)
+
+
+class FilterError(ValueError):
+    """A filter or paging parameter that cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    """The tasks page's filters and page, from the query string."""
+
+    state: str | None = None
+    name: str | None = None
+    queue: str | None = None
+    worker: str | None = None
+    limit: int = PAGE_SIZE
+    offset: int = 0
+
+    @classmethod
+    def from_args(
+        cls, args: Mapping[str, str], *, max_limit: int = 1000, default_limit: int = PAGE_SIZE
+    ) -> TaskFilters:
+        """Parse and check query parameters (raises FilterError with a message for the user)."""
+        values: dict[str, str | None] = {}
+        for key in FILTER_KEYS:
+            raw = (args.get(key) or "").strip()
+            if len(raw) > 255:
+                raise FilterError(f"{key}: at most 255 characters")
+            values[key] = raw or None
+        state = values["state"]
+        if state is not None:
+            state = state.upper()
+            if state not in EVENT_STATES:
+                raise FilterError(f"state: must be one of {', '.join(EVENT_STATES)}")
+        limit = _int_arg(args, "limit", default_limit, 1, max_limit)
+        offset = _int_arg(args, "offset", 0, 0, MAX_OFFSET)
+        return cls(state, values["name"], values["queue"], values["worker"], limit, offset)
+
+    @property
+    def active(self) -> bool:
+        """True when any filter (not paging) is set."""
+        return any(getattr(self, key) for key in FILTER_KEYS)
+
+    def query(self, **changes: object) -> str:
+        """The query string for these filters with some values changed (for links and the websocket URL)."""
+        values: dict[str, object] = {key: getattr(self, key) for key in FILTER_KEYS}
+        values["offset"] = self.offset
+        if self.limit != PAGE_SIZE:
+            values["limit"] = self.limit
+        values.update(changes)
+        if values.get("offset") == 0:
+            values.pop("offset")
+        return urlencode({k: v for k, v in values.items() if v not in (None, "")})
+
+
+def _int_arg(args: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = (args.get(key) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise FilterError(f"{key}: expected a whole number, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise FilterError(f"{key}: must be between {low} and {high}")
+    return value
+
+
+def status_fragment(rt: Runtime) -> str:
+    """The connection indicator (#conn-status)."""
+    monitor = rt.monitor
+    return render_template("partials/conn_status.html", stream=monitor.status, gaps=monitor.gaps,
+                           gaps_total=monitor.gaps_total)
+
+
+def workers_fragment(rt: Runtime) -> str:
+    """The workers panel (#workers-panel)."""
+    return render_template("partials/workers_panel.html", workers=rt.monitor.state.workers(), now=rt.monitor.clock())
+
+
+def task_table_fragment(rt: Runtime, filters: TaskFilters) -> tuple[str, list[TaskView]]:
+    """The tasks table (#task-table) and the tasks it shows."""
+    tasks, total = rt.monitor.state.tasks(filters.state, filters.name, filters.queue, filters.worker,
+                                          filters.limit, filters.offset)
+    html = render_template("partials/task_table.html", tasks=tasks, total=total, filters=filters,
+                           counts=rt.monitor.state.counts(), dom_id=dom_id)
+    return html, tasks
+
+
+def task_row_fragment(task: TaskView) -> str:
+    """One row of the tasks table, swapped by its id."""
+    return render_template("partials/task_row.html", task=task, dom_id=dom_id, oob=True)
+
+
+def task_detail_fragment(rt: Runtime, task_id: str) -> str:
+    """The task page's live part (#task-detail)."""
+    return render_template("partials/task_detail.html", task=rt.monitor.state.task(task_id), task_id=task_id)
+
+
+def alerts_of(rt: Runtime) -> list[Any]:
+    """Active alerts (none when routing is off)."""
+    return rt.routing.alerts() if rt.routing is not None else []
+
+
+def alert_banner_fragment(rt: Runtime) -> str:
+    """The banner on every page (#alert-banner)."""
+    return render_template("partials/alert_banner.html", alerts=alerts_of(rt))
+
+
+def alerts_panel_fragment(rt: Runtime) -> str:
+    """The alerts panel of the routing page (#alerts-panel), with the add-consumer fix."""
+    routing = rt.routing
+    return render_template(
+        "partials/alerts_panel.html", alerts=alerts_of(rt), dom_id=dom_id,
+        grace=routing.book.grace if routing is not None else 0.0,
+        online_workers=routing.online_workers() if routing is not None else [],
+    )
+
+
+def routing_fragment(rt: Runtime) -> str:
+    """The routing tables (#routing)."""
+    routing = rt.routing
+    return render_template(
+        "partials/routing_tables.html",
+        report=routing.report if routing is not None else None,
+        inspected_at=routing.inspected_at if routing is not None else None,
+        broker_error=routing.broker_error if routing is not None else None,
+        inspect_error=routing.inspect_error if routing is not None else None,
+        interval=rt.config.monitor.inspect_interval,
+    )
+
+
+def consumer_fix(rt: Runtime, queue: str, worker: str) -> tuple[bool, str, int]:
+    """Run control.add_consumer for (queue, worker) after checking both; (ok, message, HTTP status)."""
+    if rt.routing is None:
+        return False, "routing is not monitored by this dashboard", 409
+    if not queue or task_name_problem(queue) or len(queue) > 255:
+        return False, "queue: give the name of a queue", 400
+    if worker not in rt.routing.online_workers():
+        return False, f"worker {worker[:255]!r} is not online; choose one of the online workers", 400
+    try:
+        answer = rt.routing.inspector.add_consumer(queue, worker)
+    except NoReply as exc:
+        return False, str(exc), 504
+    except WorkerRefused as exc:
+        return False, mask_text(f"{worker} refused: {exc}"), 409
+    except _UNAVAILABLE as exc:
+        return False, mask_text(f"the broker did not take the command: {exc}"), 503
+    rt.monitor.kick()  # re-inspect now: the alert clears once the queue has a consumer and drains
+    return True, f"{worker}: {answer}", 200
