@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from .services.client import SendOnlyClient
 
 from .config import Config, load_config
 from .exceptions import DashboardError
 from .model.secrets import mask_text
+from .serving import DEFAULT_THREADS, ServerOptions
+from .serving import serve as serve_app
 
 log = logging.getLogger("dashboard")
 
 EXIT_USAGE = 2
+EXIT_UNREACHABLE = 2
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -48,44 +55,91 @@ def main() -> None:
     """Dispatch Celery tasks by name from a browser, and see where they go."""
 
 
+def _server_options(func: Any) -> Any:
+    """The serving options shared by `serve` and `demo`."""
+    func = click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=click.IntRange(4, 10_000),
+                        help="Server threads per process: each open dashboard page holds one.")(func)
+    func = click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+                        help="gunicorn worker processes (each runs its own event listener).")(func)
+    func = click.option("--insecure-no-auth", is_flag=True,
+                        help="Serve with no users on a non-loopback address (anyone can dispatch).")(func)
+    func = click.option("--server", "server_kind", default="gunicorn", show_default=True,
+                        type=click.Choice(["gunicorn", "werkzeug"]),
+                        help="gunicorn's gthread worker (production) or werkzeug's threaded dev server.")(func)
+    return func
+
+
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (else $DASHBOARD_CONFIG).")
-@click.option("--client-app", help="Your send-only Celery app as module:attribute; its routes and broker are the API side.")
+@click.option("--client-app",
+              help="Your send-only Celery app as module:attribute; its routes and broker are the API side.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def serve(config_file: str | None, client_app: str | None, host: str, port: int, log_level: str) -> None:
-    """Serve the dashboard."""
+@_server_options
+def serve(config_file: str | None, client_app: str | None, host: str, port: int, log_level: str,
+          server_kind: str, insecure_no_auth: bool, workers: int, threads: int) -> None:
+    """Serve the dashboard (gunicorn gthread by default)."""
     _configure_logging(log_level)
     config = _load(config_file, client_app)
-    run_server(config, host, port)
+    check_exposure(config, host, insecure_no_auth)
+    run_server(config, ServerOptions(host, port, server_kind, workers, threads, log_level.lower()))
 
 
-def run_server(config: Config, host: str, port: int, ready: threading.Event | None = None) -> None:
-    """Build the app and serve it on a threaded server until interrupted."""
-    from werkzeug.serving import make_server
+def check_exposure(config: Config, host: str, insecure_no_auth: bool) -> None:
+    """Refuse to serve an open dashboard beyond this machine unless told so, loudly."""
+    from .model.auth import is_loopback
 
+    if config.auth.enabled:
+        return
+    if is_loopback(host):
+        click.echo("dispatch-dashboard: no users configured: running OPEN on loopback (every page says so)", err=True)
+        return
+    if not insecure_no_auth:
+        fail(f"refusing to serve on {host} with no users configured: anyone who can reach it could dispatch tasks. "
+             "Add [[auth.users]] to the config (see `dispatch-dashboard hash-password`), serve on 127.0.0.1, "
+             "or pass --insecure-no-auth")
+    click.echo(f"dispatch-dashboard: WARNING: --insecure-no-auth: serving on {host} with NO authentication; "
+               "anyone who can reach it can dispatch tasks and control workers", err=True)
+
+
+def run_server(config: Config, options: ServerOptions, client: SendOnlyClient | None = None) -> None:
+    """Build the app and serve it until interrupted."""
     from . import create_app
 
     try:
-        app = create_app(config)
+        app = create_app(config, client=client)
     except DashboardError as exc:
         fail(str(exc))
+    _check_bind(options.host, options.port)
+
+    def ready(url: str) -> None:
+        click.echo(f"dispatch-dashboard serving on {url}  ({options.server}, {options.workers} process(es) x "
+                   f"{options.threads} threads; Ctrl-C to stop)")
+
     try:
-        server = make_server(host, port, app, threaded=True)
+        serve_app(app, options, ready)
     except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"dispatch-dashboard serving on http://{shown_host}:{server.server_port}/  (Ctrl-C to stop)")
-    if ready is not None:
-        ready.set()
-    try:
-        server.serve_forever()
+        fail(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         pass
-    finally:
-        server.server_close()
+    except SystemExit as exc:  # gunicorn's arbiter ends with sys.exit(0) after a clean Ctrl-C / SIGTERM
+        if exc.code not in (0, None):
+            raise
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Fail with one clear line when the address is taken (gunicorn would retry, then exit with a log dump)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 @main.command()
@@ -94,7 +148,9 @@ def run_server(config: Config, host: str, port: int, ready: threading.Event | No
 @click.option("--redis-port", default=0, type=click.IntRange(0, 65535), help="Port for the demo Redis (0: a free one).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
               help="Routing config (default: the bundled sample mirroring worker_stub).")
-def demo(host: str, port: int, redis_port: int, config_file: str | None) -> None:
+@_server_options
+def demo(host: str, port: int, redis_port: int, config_file: str | None, server_kind: str,
+         insecure_no_auth: bool, workers: int, threads: int) -> None:
     """Start Redis, a worker_stub worker and the dashboard with the sample config; Ctrl-C stops all of it."""
     from .resources import sample_config
     from .services.processes import CeleryWorker, RedisServer
@@ -119,9 +175,53 @@ def demo(host: str, port: int, redis_port: int, config_file: str | None) -> None
             fail(str(exc))
         click.echo(f"demo: worker_stub worker {worker.hostname} consuming stt,llm,default (log: {worker.log_path})")
         config = load_demo_config(config_path, env)
+        check_exposure(config, host, insecure_no_auth)
         click.echo(f"demo: dashboard config {config_path}")
-        run_server(config, host, port)
+        run_server(config, ServerOptions(host, port, server_kind, workers, threads))
         click.echo("demo: stopping worker and redis")
+
+
+@main.command("check-routes")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config (else $DASHBOARD_CONFIG).")
+@click.option("--client-app",
+              help="Your send-only Celery app as module:attribute; its routes and broker are the API side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 300),
+              help="Seconds to wait for the broker and the workers' replies.")
+def check_routes(config_file: str | None, client_app: str | None, as_json: bool, timeout: float) -> None:
+    """Compare the API routes with the live workers: exit 0 consistent, 1 mismatch, 2 unreachable.
+
+    For CI: run it after deploying workers (or in an integration job with workers up) so that a route to a
+    queue nobody consumes, or a name nobody registers, fails the build instead of silently queueing forever.
+    """
+    from .routing_check import run_check
+
+    logging.basicConfig(level="ERROR")
+    config = _load(config_file, client_app)
+    result = run_check(config, timeout)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        for line in result.lines():
+            click.echo(line, err=result.exit_code == EXIT_UNREACHABLE)
+    sys.exit(result.exit_code)
+
+
+@main.command("hash-password")
+@click.option("--token", is_flag=True, help="Hash an API bearer token (sha256) for [[auth.tokens]] instead.")
+def hash_password(token: bool) -> None:
+    """Read a password (or token) from stdin and print the hash for the config."""
+    import hashlib
+
+    from werkzeug.security import generate_password_hash
+
+    secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        fail("nothing on stdin: echo 'the password' | dispatch-dashboard hash-password")
+    if token:
+        click.echo(hashlib.sha256(secret.encode("utf-8")).hexdigest())
+    else:
+        click.echo(generate_password_hash(secret))
 
 
 def load_demo_config(path: Path, env: dict[str, str]) -> Config:
