@@ -1,0 +1,174 @@
+"""The live pages in Chromium: rows and task details update over the websocket, the connection indicator follows
+the broker, the workers panel shows the stub worker, and task data is rendered as text, never as markup.
+
+Every test opens a page first, waits until the page's own websocket is open, and only then makes something
+happen from another client (a plain HTTP POST to /api/dispatch, or killing Redis), so what the page shows
+can only have arrived live. A window marker set after the load proves that no reload happened in between.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Locator, Page, expect
+
+from dashboard.services.processes import CeleryWorker, RedisServer
+from tests.e2e.browser_errors import BrowserErrors
+from tests.e2e.live_helpers import api_dispatch, assert_not_reloaded, open_live
+from tests.e2e.live_server import LiveServer, StartDashboard, dashboard_config
+from tests.helpers import started
+
+pytestmark = pytest.mark.usefixtures("stub_worker")  # dispatched tasks really run
+
+EXPECT_MS = 5_000
+RUN_MS = 10_000  # a dispatched task reaching its final state on the stub worker
+OUTAGE_MS = 5_000  # the indicator leaving "live" after Redis dies
+RECOVERY_MS = 10_000  # the indicator back to "live" after Redis is back
+API_TIMEOUT = 5.0
+UNFURL = "worker.tasks.link.unfurl"
+FAIL = "worker.tasks.demo.fail"
+FAIL_COUNTDOWN = 3.0  # seconds the worker holds the failing task, so its page opens before it fails
+XSS = "<img src=x onerror=window.__pwned=1>"
+DOWN_STATUS = re.compile(r"^(reconnecting|unreachable)$")
+
+# Mirror the page's own websocket into an attribute, so expect() can wait for it: the CSP (script-src 'self')
+# forbids the eval that page.wait_for_function needs. Init scripts run before the page's scripts, CSP or not.
+
+
+
+
+def task_row(page: Page, task_id: str) -> Locator:
+    return page.locator(f'#task-table tr[data-task-id="{task_id}"]')
+
+
+def test_dispatched_task_appears_and_succeeds_without_reload(
+    page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors
+) -> None:
+    marker = open_live(page, f"{dashboard_server.url}/tasks")
+    url = f"https://example.com/e2e-live-{uuid.uuid4().hex[:8]}"
+
+    sent = api_dispatch(dashboard_server, {"name": UNFURL, "kwargs": {"url": url}})
+
+    row = task_row(page, sent["task_id"])
+    expect(row).to_have_count(1, timeout=EXPECT_MS)
+    expect(row).to_have_attribute("data-state", "SUCCESS", timeout=RUN_MS)
+    expect(row.locator(".task-name")).to_have_text(UNFURL, timeout=EXPECT_MS)
+    expect(row.locator(".queue")).to_have_text("default", timeout=EXPECT_MS)
+    assert_not_reloaded(page, marker)
+    browser_errors.assert_clean()
+
+
+def test_failing_task_shows_failure_and_traceback_live(
+    page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors
+) -> None:
+    message = f"e2e failure {uuid.uuid4().hex[:8]}"
+    sent = api_dispatch(
+        dashboard_server, {"name": FAIL, "kwargs": {"message": message}, "options": {"countdown": FAIL_COUNTDOWN}}
+    )
+
+    marker = open_live(page, f"{dashboard_server.url}/tasks/{sent['task_id']}")
+    detail = page.locator("#task-detail")
+    # The worker holds the task for FAIL_COUNTDOWN seconds: the page opened before it could fail.
+    expect(detail.locator(".traceback")).to_have_count(0, timeout=EXPECT_MS)
+
+    expect(detail.locator(".state")).to_have_attribute("data-state", "FAILURE", timeout=RUN_MS)
+    traceback = detail.locator(".traceback")
+    expect(traceback).to_contain_text("RuntimeError", timeout=EXPECT_MS)
+    expect(traceback).to_contain_text(message, timeout=EXPECT_MS)
+    expect(detail.locator(".task-name")).to_contain_text(FAIL, timeout=EXPECT_MS)
+    assert_not_reloaded(page, marker)
+    browser_errors.assert_clean()
+
+
+def test_workers_panel_shows_the_stub_worker_online(
+    page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors, stub_worker: CeleryWorker
+) -> None:
+    open_live(page, f"{dashboard_server.url}/workers")
+    row = page.locator(f'#workers-panel tr[data-hostname="{stub_worker.hostname}"]')
+    expect(row).to_have_count(1, timeout=EXPECT_MS)
+    expect(row).to_have_attribute("data-status", "online", timeout=EXPECT_MS)
+    expect(row.locator(".badge")).to_have_text("online", timeout=EXPECT_MS)
+    # Filled in by the periodic worker inspection, pushed live if it had not run yet when the page loaded.
+    expect(row.locator("code.queue")).to_have_text(sorted(stub_worker.queues), timeout=EXPECT_MS)
+    browser_errors.assert_clean()
+
+
+def test_task_data_is_shown_as_text_not_markup(
+    page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors
+) -> None:
+    marker = open_live(page, f"{dashboard_server.url}/tasks")
+    name = f"e2e.xss.probe_{uuid.uuid4().hex[:8]}"  # outside the catalog: sent by name, unchecked
+    queue = f"e2e-nobody-{uuid.uuid4().hex[:10]}"  # nobody consumes it: only the task-sent event is seen
+    sent = api_dispatch(
+        dashboard_server,
+        {"name": name, "args": [XSS], "kwargs": {"note": XSS}, "options": {"queue": queue}, "force": True},
+    )
+
+    row = task_row(page, sent["task_id"])  # the row arrives over the websocket
+    expect(row.locator(".task-name")).to_have_text(name, timeout=EXPECT_MS)
+    expect(row.locator(".queue")).to_have_text(queue, timeout=EXPECT_MS)
+    expect(page.locator("#task-table img")).to_have_count(0, timeout=EXPECT_MS)
+    assert_not_reloaded(page, marker)
+
+    # The tasks table shows no arguments: the task page does (rendered, then pushed again on connect).
+    open_live(page, f"{dashboard_server.url}/tasks/{sent['task_id']}")
+    detail = page.locator("#task-detail")
+    expect(detail.locator(".args")).to_contain_text(XSS, timeout=EXPECT_MS)
+    expect(detail.locator(".kwargs")).to_contain_text(XSS, timeout=EXPECT_MS)
+    expect(page.locator("main img")).to_have_count(0, timeout=EXPECT_MS)
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    browser_errors.assert_clean()  # an escaping slip would also show as a CSP violation or a 404 for "x"
+
+
+# -- the connection indicator through a broker outage --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def outage_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of this module's own, so killing it disturbs no other test."""
+    directory: Path = tmp_path_factory.mktemp("outage-redis")
+    with started(RedisServer(directory=directory, log_path=directory / "redis.log")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def outage_dashboard(outage_redis: RedisServer, start_dashboard: StartDashboard) -> LiveServer:
+    """A dashboard whose broker (and result backend) is `outage_redis`."""
+    return start_dashboard(dashboard_config(outage_redis.url(0), outage_redis.url(1)), name="outage")
+
+
+def test_indicator_shows_reconnecting_while_broker_is_down_and_live_after(
+    page: Page, outage_dashboard: LiveServer, outage_redis: RedisServer, browser_errors: BrowserErrors
+) -> None:
+    marker = open_live(page, f"{outage_dashboard.url}/")
+    indicator = page.locator("#conn-status")
+    expect(indicator).to_have_attribute("data-status", "live", timeout=EXPECT_MS)
+    expect(indicator).to_have_text("live", timeout=EXPECT_MS)
+
+    killed = time.monotonic()
+    outage_redis.kill()
+    # "reconnecting" right after losing the stream, "unreachable" once retries fail: both say reconnecting.
+    expect(indicator).to_have_attribute("data-status", DOWN_STATUS, timeout=OUTAGE_MS)
+    expect(indicator).to_contain_text("reconnecting", timeout=EXPECT_MS)
+    noticed = time.monotonic() - killed
+
+    restarted = time.monotonic()
+    outage_redis.start()  # same port, empty dataset
+    started = time.monotonic() - restarted
+    expect(indicator).to_have_attribute("data-status", "live", timeout=RECOVERY_MS)
+    recovered = time.monotonic() - restarted
+    expect(indicator).to_contain_text("live", timeout=EXPECT_MS)
+    expect(indicator).not_to_contain_text("reconnecting", timeout=EXPECT_MS)
+
+    print(
+        f"\nindicator: not live {noticed:.2f} s after Redis was killed; live again {recovered:.2f} s after "
+        f"the restart began (Redis itself took {started:.2f} s)"
+    )
+    assert page.locator("html").get_attribute("data-e2e-ws") == "open", "the page's own websocket dropped"
+    assert_not_reloaded(page, marker)
+    browser_errors.assert_clean()
