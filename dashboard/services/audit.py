@@ -368,6 +368,21 @@ class AuditLog:
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
+        # Two processes opening one new file at once: switching to WAL (and the first read of the WAL index)
+        # may answer "database is locked" at once, without waiting on the busy handler. Try again, within
+        # the same bound a write has.
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                return self._open_once()
+            except _Busy as busy:
+                if time.monotonic() >= deadline:
+                    raise AuditUnavailable(
+                        mask_text(f"the audit log {self.path} could not be opened: {busy.__cause__}")
+                    ) from None
+                time.sleep(0.01)
+
+    def _open_once(self) -> sqlite3.Connection:
         try:
             if self.path != MEMORY:
                 _create_private(Path(self.path))
@@ -385,8 +400,21 @@ class AuditLog:
             conn.close()
             if isinstance(exc, AuditUnavailable):
                 raise
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise _Busy from exc
             raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be opened: {exc}")) from None
         return conn
+
+
+class _Busy(Exception):
+    """Opening found the file locked by another connection (retried by AuditLog._open)."""
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _create_private(path: Path) -> None:

@@ -326,6 +326,28 @@ def test_two_logs_on_one_file_as_two_processes_would_both_write(db_path: Path) -
     second.close()
 
 
+def test_many_logs_opening_one_new_file_at_once_all_write(db_path: Path) -> None:
+    # Switching a new file to WAL can answer "database is locked" without waiting on the busy handler: the
+    # open is retried, within the busy timeout, rather than failing the first dispatch of a fresh worker.
+    logs = [AuditLog(db_path) for _ in range(8)]
+    barrier = threading.Barrier(len(logs))
+
+    def write(log: AuditLog, index: int) -> None:
+        barrier.wait()
+        log.record(entry(at=T0 + index, name=f"opener-{index}"))
+
+    threads = [threading.Thread(target=write, args=(log, index)) for index, log in enumerate(logs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert [log.write_errors for log in logs] == [0] * len(logs)
+    assert logs[0].query(limit=100)[1] == len(logs)
+    for log in logs:
+        log.close()
+
+
 # -- a failing write never raises -----------------------------------------------------------------------------
 
 
