@@ -493,26 +493,59 @@ def test_enable_events_right_after_a_connect_even_on_a_young_monotonic_clock(
     assert enable_calls == [5.0]
 
 
-def test_enable_events_sends_the_broadcast_through_the_control_app(clock: FakeClock) -> None:
-    sent: list[str] = []
-    control_app = types.SimpleNamespace(control=types.SimpleNamespace(enable_events=lambda: sent.append("sent")))
+class FakeConnection:
+    """What connection_for_write() returns: a context manager that records being released."""
+
+    def __init__(self) -> None:
+        self.released = False
+
+    def __enter__(self) -> FakeConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.released = True
+
+
+class FakeControlApp:
+    """A control app whose broadcasts are recorded (or refused) without a broker."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.connections: list[FakeConnection] = []
+        self.sent: list[FakeConnection] = []
+        self.error = error
+        self.control = types.SimpleNamespace(enable_events=self._enable_events)
+
+    def connection_for_write(self) -> FakeConnection:
+        self.connections.append(FakeConnection())
+        return self.connections[-1]
+
+    def _enable_events(self, connection: FakeConnection) -> None:
+        if self.error is not None:
+            raise self.error
+        self.sent.append(connection)
+
+
+def test_enable_events_broadcasts_on_a_connection_of_its_own(clock: FakeClock) -> None:
+    control_app = FakeControlApp()
     settings = ClientSettings(UNREACHABLE_BROKER, None, {}, "celery")
     monitor = Monitor(settings, clock=clock, control_app=control_app)
 
     monitor.enable_events()
+    monitor.enable_events()
 
-    assert sent == ["sent"]
+    # Never a pooled connection: right after a broker restart those are dead sockets.
+    assert control_app.sent == control_app.connections and len(control_app.sent) == 2
+    assert all(connection.released for connection in control_app.connections)
 
 
 def test_enable_events_swallows_broker_errors(clock: FakeClock) -> None:
-    def refuse() -> None:
-        raise ConnectionRefusedError("no broker")
-
-    control_app = types.SimpleNamespace(control=types.SimpleNamespace(enable_events=refuse))
+    control_app = FakeControlApp(ConnectionRefusedError("no broker"))
     settings = ClientSettings(UNREACHABLE_BROKER, None, {}, "celery")
     monitor = Monitor(settings, clock=clock, control_app=control_app)
 
     monitor.enable_events()  # logged, not raised: the ticker must carry on
+
+    assert control_app.sent == [] and control_app.connections[0].released
 
 
 # -- start -------------------------------------------------------------------------------------------------------
