@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, has_request_context, jsonify, render_template, request
 
@@ -29,6 +28,7 @@ from ..services.audit import (
     Source,
     json_text,
 )
+from .query import MAX_FILTER_CHARS, MAX_OFFSET, QueryError, int_arg, page_query, text_args
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,12 @@ bp = Blueprint("audit", __name__)
 EXTENSION_KEY = "dispatch_dashboard"  # runtime.EXTENSION_KEY, spelled out: importing it would be circular
 PAGE_SIZE = 50
 PAGE_MAX_LIMIT = 500
-MAX_OFFSET = 10_000_000
-MAX_FILTER_CHARS = 255
 FILTER_KEYS = ("name", "outcome", "who", "queue", "task_id")
 TIME_KEYS = ("since", "until")
 _TRUE = frozenset({"1", "true", "on", "yes"})
 
 
-class AuditFilterError(ValueError):
+class AuditFilterError(QueryError):
     """A filter or paging parameter that cannot be used; the message says what to fix."""
 
 
@@ -65,12 +63,7 @@ class AuditFilters:
     @classmethod
     def from_args(cls, args: Mapping[str, str], *, max_limit: int = MAX_QUERY_LIMIT) -> AuditFilters:
         """Parse and check query parameters (raises AuditFilterError with a message for the user)."""
-        values: dict[str, str | None] = {}
-        for key in FILTER_KEYS:
-            raw = (args.get(key) or "").strip()
-            if len(raw) > MAX_FILTER_CHARS:
-                raise AuditFilterError(f"{key}: at most {MAX_FILTER_CHARS} characters")
-            values[key] = raw or None
+        values = text_args(args, FILTER_KEYS, AuditFilterError, MAX_FILTER_CHARS)
         outcome = values["outcome"]
         if outcome is not None:
             outcome = outcome.lower()
@@ -78,8 +71,8 @@ class AuditFilters:
                 raise AuditFilterError(f"outcome: must be one of {', '.join(OUTCOMES)}")
         since = _time_arg(args, "since")
         until = _time_arg(args, "until")
-        limit = _int_arg(args, "limit", PAGE_SIZE, 1, max_limit)
-        offset = _int_arg(args, "offset", 0, 0, MAX_OFFSET)
+        limit = int_arg(args, "limit", PAGE_SIZE, 1, max_limit, AuditFilterError)
+        offset = int_arg(args, "offset", 0, 0, MAX_OFFSET, AuditFilterError)
         return cls(values["name"], outcome, values["who"], values["queue"], values["task_id"], since, until,
                    limit, offset)
 
@@ -90,27 +83,8 @@ class AuditFilters:
 
     def query(self, **changes: object) -> str:
         """The query string for these filters with some values changed (for the pager's links)."""
-        values: dict[str, object] = {key: getattr(self, key) for key in (*FILTER_KEYS, *TIME_KEYS)}
-        values["offset"] = self.offset
-        if self.limit != PAGE_SIZE:
-            values["limit"] = self.limit
-        values.update(changes)
-        if values.get("offset") == 0:
-            values.pop("offset")
-        return urlencode({k: v for k, v in values.items() if v not in (None, "")})
-
-
-def _int_arg(args: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
-    raw = (args.get(key) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise AuditFilterError(f"{key}: expected a whole number, got {raw[:40]!r}") from None
-    if not low <= value <= high:
-        raise AuditFilterError(f"{key}: must be between {low} and {high}")
-    return value
+        filters = {key: getattr(self, key) for key in (*FILTER_KEYS, *TIME_KEYS)}
+        return page_query(filters, self.limit, self.offset, PAGE_SIZE, changes)
 
 
 def _time_arg(args: Mapping[str, str], key: str) -> float | None:

@@ -21,7 +21,7 @@ from ..model.routing import SEVERITY, QueueStatus, RouteSource, TaskStatus
 from ..model.state.tasks import EVENT_STATES, TASK_EVENT_TYPES, TIMESTAMP_KEYS
 from ..services.audit import MAX_QUERY_LIMIT, OUTCOMES, SOURCES
 from ..services.events import BrokerStatus
-from . import audit, auth, live, views
+from . import audit, auth, live, query, views
 from .runtime import runtime
 
 bp = Blueprint("openapi", __name__)
@@ -288,7 +288,7 @@ def _paths() -> Schema:
                 _query("state", {"enum": list(EVENT_STATES)}, "Only tasks in this state (case-insensitive)"),
                 _filter("name", 255, "Task name"), _filter("queue", 255, "Queue"),
                 _filter("worker", 255, "Worker hostname"),
-                *_paging(views.PAGE_SIZE, TASKS_MAX_LIMIT, views.MAX_OFFSET),
+                *_paging(views.PAGE_SIZE, TASKS_MAX_LIMIT, query.MAX_OFFSET),
             ],
             responses={"400": _error("A filter or paging parameter cannot be used")},
         ),
@@ -326,13 +326,13 @@ def _paths() -> Schema:
         "/api/audit": get(
             "listAuditEntries", "audit", "Dispatch attempts, newest first", _json(_ref("AuditPage"), "One page"),
             parameters=[
-                *(_filter(key, audit.MAX_FILTER_CHARS, key.replace("_", " ").capitalize())
+                *(_filter(key, query.MAX_FILTER_CHARS, key.replace("_", " ").capitalize())
                   for key in ("name", "who", "queue", "task_id")),
                 _query("outcome", {"enum": list(OUTCOMES)}, "Only this outcome (case-insensitive)"),
                 *(_query(key, {"anyOf": [NUMBER, {"type": "string", "format": "date-time"}]},
                          f"Entries at or after / before this time: epoch seconds or ISO 8601 ({key})")
                   for key in audit.TIME_KEYS),
-                *_paging(audit.PAGE_SIZE, MAX_QUERY_LIMIT, audit.MAX_OFFSET),
+                *_paging(audit.PAGE_SIZE, MAX_QUERY_LIMIT, query.MAX_OFFSET),
             ],
             responses={"400": _error("A filter or paging parameter cannot be used"),
                        "404": _error("Auditing is off"),

@@ -10,7 +10,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import render_template
 
@@ -20,10 +19,10 @@ from ..model.secrets import mask_text
 from ..model.state import EVENT_STATES, TaskView
 from ..services.client import BROKER_ERRORS
 from ..services.inspection import NoReply, WorkerRefused
+from .query import MAX_FILTER_CHARS, MAX_OFFSET, QueryError, int_arg, page_query, text_args
 from .runtime import Runtime
 
 PAGE_SIZE = 50
-MAX_OFFSET = 10_000_000
 FILTER_KEYS = ("state", "name", "queue", "worker")
 _UNAVAILABLE: tuple[type[BaseException], ...] = (BrokerUnavailable, *BROKER_ERRORS)
 _UNSAFE_ID_CHAR = re.compile(r"[^A-Za-z0-9-]")  # "_" too, so the escaping is one-to-one
@@ -34,7 +33,7 @@ def dom_id(prefix: str, key: str) -> str:
     return prefix + _UNSAFE_ID_CHAR.sub(lambda m: f"_{ord(m.group()):x}_", key)
 
 
-class FilterError(ValueError):
+class FilterError(QueryError):
     """A filter or paging parameter that cannot be used; the message says what to fix."""
 
 
@@ -54,19 +53,14 @@ class TaskFilters:
         cls, args: Mapping[str, str], *, max_limit: int = 1000, default_limit: int = PAGE_SIZE
     ) -> TaskFilters:
         """Parse and check query parameters (raises FilterError with a message for the user)."""
-        values: dict[str, str | None] = {}
-        for key in FILTER_KEYS:
-            raw = (args.get(key) or "").strip()
-            if len(raw) > 255:
-                raise FilterError(f"{key}: at most 255 characters")
-            values[key] = raw or None
+        values = text_args(args, FILTER_KEYS, FilterError, MAX_FILTER_CHARS)
         state = values["state"]
         if state is not None:
             state = state.upper()
             if state not in EVENT_STATES:
                 raise FilterError(f"state: must be one of {', '.join(EVENT_STATES)}")
-        limit = _int_arg(args, "limit", default_limit, 1, max_limit)
-        offset = _int_arg(args, "offset", 0, 0, MAX_OFFSET)
+        limit = int_arg(args, "limit", default_limit, 1, max_limit, FilterError)
+        offset = int_arg(args, "offset", 0, 0, MAX_OFFSET, FilterError)
         return cls(state, values["name"], values["queue"], values["worker"], limit, offset)
 
     @property
@@ -76,27 +70,8 @@ class TaskFilters:
 
     def query(self, **changes: object) -> str:
         """The query string for these filters with some values changed (for links and the websocket URL)."""
-        values: dict[str, object] = {key: getattr(self, key) for key in FILTER_KEYS}
-        values["offset"] = self.offset
-        if self.limit != PAGE_SIZE:
-            values["limit"] = self.limit
-        values.update(changes)
-        if values.get("offset") == 0:
-            values.pop("offset")
-        return urlencode({k: v for k, v in values.items() if v not in (None, "")})
-
-
-def _int_arg(args: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
-    raw = (args.get(key) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise FilterError(f"{key}: expected a whole number, got {raw[:40]!r}") from None
-    if not low <= value <= high:
-        raise FilterError(f"{key}: must be between {low} and {high}")
-    return value
+        filters = {key: getattr(self, key) for key in FILTER_KEYS}
+        return page_query(filters, self.limit, self.offset, PAGE_SIZE, changes)
 
 
 def status_fragment(rt: Runtime) -> str:

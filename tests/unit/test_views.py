@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from werkzeug.datastructures import MultiDict
 
 from dashboard.model.state import EVENT_STATES
-from dashboard.web.views import FILTER_KEYS, MAX_OFFSET, PAGE_SIZE, FilterError, TaskFilters, dom_id
+from dashboard.web.query import MAX_OFFSET
+from dashboard.web.views import FILTER_KEYS, PAGE_SIZE, FilterError, TaskFilters, dom_id
 
 # -- TaskFilters.from_args ---------------------------------------------------------------------------------------
 
