@@ -49,6 +49,16 @@ def create_app(
         static_url_path="/static",
     )
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    if config.trusted_proxies:
+        # Behind N reverse proxies: the client's address (audit log), scheme (Secure cookies, same-origin
+        # checks), host and path prefix come from the X-Forwarded-* headers the last N proxies set; with no
+        # proxy configured those headers are ignored, since any client could send them.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = config.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     client = client if client is not None else SendOnlyClient(ClientSettings.from_config(config))
     monitor = monitor if monitor is not None else Monitor(client.settings, config.monitor)

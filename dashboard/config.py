@@ -31,10 +31,11 @@ ENV_SECRET = "DASHBOARD_SECRET_KEY"
 ENV_AUDIT_PATH = "DASHBOARD_AUDIT_PATH"
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+MAX_TRUSTED_PROXIES = 5
 ROUTE_KEYS = frozenset({"queue", "exchange", "exchange_type", "routing_key", "priority"})
 TOP_LEVEL_KEYS = frozenset(
     {"broker_url", "result_backend", "task_default_queue", "routes", "tasks", "monitor", "client_app",
-     "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit"}
+     "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit", "trusted_proxies"}
 )
 
 
@@ -64,6 +65,7 @@ class Config:
     auth: AuthSettings = field(default_factory=AuthSettings)
     secret_key: str | None = None  # signs session cookies; env DASHBOARD_SECRET_KEY; random per start if unset
     audit_path: str | None = None  # the SQLite audit log (":memory:" allowed); "" or None: auditing off
+    trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Prefix are believed
 
 
 def load_config(
@@ -123,6 +125,9 @@ def config_from_mapping(
     timeout = data.get("broker_timeout", 2.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 60:
         raise fail("broker_timeout must be a number of seconds between 0.1 and 60")
+    proxies = data.get("trusted_proxies", 0)
+    if isinstance(proxies, bool) or not isinstance(proxies, int) or not 0 <= proxies <= MAX_TRUSTED_PROXIES:
+        raise fail(f"trusted_proxies must be a whole number of proxies between 0 and {MAX_TRUSTED_PROXIES}")
     transport_options = data.get("broker_transport_options", {})
     if not isinstance(transport_options, dict):
         raise fail("[broker_transport_options] must be a table")
@@ -140,6 +145,7 @@ def config_from_mapping(
         auth=parse_auth(data.get("auth", {}), fail),
         secret_key=_secret_key(data, env, fail),
         audit_path=_audit_path(data.get("audit", {}), env, fail),
+        trusted_proxies=proxies,
     )
 
 

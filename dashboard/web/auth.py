@@ -140,7 +140,7 @@ def _deny(status: int, message: str) -> BaseResponse | tuple[Response | str, int
             response.status_code = 401
             response.headers["WWW-Authenticate"] = 'Basic realm="dispatch-dashboard", charset="UTF-8"'
             return response
-        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+        return redirect(url_for("auth.login", next=request.script_root + request.full_path.rstrip("?")))
     return error_response(status, message)
 
 

@@ -94,6 +94,10 @@ def test_client_app_alone_needs_no_file() -> None:
         ("[monitor]\ninspect_interval = -1", "inspect_interval must be"),
         ("[monitor]\nmax_tasks = 0", "max_tasks must be"),
         ("broker_timeout = 0", "broker_timeout must be"),
+        ("trusted_proxies = -1", "trusted_proxies must be"),
+        ("trusted_proxies = 6", "trusted_proxies must be"),
+        ("trusted_proxies = true", "trusted_proxies must be"),
+        ("trusted_proxies = '1'", "trusted_proxies must be"),
     ],
 )
 def test_malformed_file_is_one_line_naming_file_and_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -103,6 +107,11 @@ def test_malformed_file_is_one_line_naming_file_and_problem(tmp_path: Path, text
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_trusted_proxies_default_to_none_and_are_read(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, ""), {}).trusted_proxies == 0
+    assert load_config(write(tmp_path, "trusted_proxies = 2"), {}).trusted_proxies == 2
 
 
 def test_missing_file_names_it(tmp_path: Path) -> None:
