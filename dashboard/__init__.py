@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the package root stays light: `dashboard.model` must import without Flask or Celery
     from flask import Flask
 
     from .config import Config
+    from .services.audit import AuditLog
     from .services.client import SendOnlyClient
     from .services.monitor import Monitor
     from .services.routing import RoutingService
@@ -70,9 +72,21 @@ def create_app(
 
     rt.audit = AuditLog(config.audit_path) if config.audit_path else None  # opened on the first dispatch
     log.info("audit log: %s", config.audit_path or "off")
+    if rt.audit is not None and config.audit_retention_days:
+        _schedule_audit_retention(rt.audit, config.audit_retention_days, monitor)
     app.extensions["dispatch_dashboard"] = rt
     register(app)
     return app
+
+
+def _schedule_audit_retention(audit: AuditLog, days: float, monitor: Monitor) -> None:
+    """Delete audit entries older than `days`, soon after start and hourly (a job on the monitor's thread)."""
+    from .services.audit import DAY, PRUNE_EVERY
+
+    def prune() -> None:
+        audit.prune(time.time() - days * DAY)
+
+    monitor.add_job("audit-retention", PRUNE_EVERY, prune)
 
 
 def _routing_service(config: Config, client: SendOnlyClient, monitor: Monitor) -> RoutingService:

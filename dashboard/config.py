@@ -32,6 +32,8 @@ ENV_AUDIT_PATH = "DASHBOARD_AUDIT_PATH"
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 MAX_TRUSTED_PROXIES = 5
+MAX_RETENTION_DAYS = 36_500
+AUDIT_KEYS = frozenset({"path", "retention_days"})
 ROUTE_KEYS = frozenset({"queue", "exchange", "exchange_type", "routing_key", "priority"})
 TOP_LEVEL_KEYS = frozenset(
     {"broker_url", "result_backend", "task_default_queue", "routes", "tasks", "monitor", "client_app",
@@ -65,6 +67,7 @@ class Config:
     auth: AuthSettings = field(default_factory=AuthSettings)
     secret_key: str | None = None  # signs session cookies; env DASHBOARD_SECRET_KEY; random per start if unset
     audit_path: str | None = None  # the SQLite audit log (":memory:" allowed); "" or None: auditing off
+    audit_retention_days: float | None = None  # audit entries older than this are deleted; None: kept for ever
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Prefix are believed
 
 
@@ -145,6 +148,7 @@ def config_from_mapping(
         auth=parse_auth(data.get("auth", {}), fail),
         secret_key=_secret_key(data, env, fail),
         audit_path=_audit_path(data.get("audit", {}), env, fail),
+        audit_retention_days=_audit_retention(data.get("audit", {}), fail),
         trusted_proxies=proxies,
     )
 
@@ -161,9 +165,10 @@ def _audit_path(raw: Any, env: Mapping[str, str], fail: Any) -> str:
     """$DASHBOARD_AUDIT_PATH, else [audit] path, else the XDG state directory; "" (off) when none is known."""
     if not isinstance(raw, dict):
         raise fail("[audit] must be a table")
-    extra = sorted(set(raw) - {"path"})
+    extra = sorted(set(raw) - AUDIT_KEYS)
     if extra:
-        raise fail(f"[audit]: unknown key(s) {', '.join(extra)}; use path (\"\" turns auditing off)")
+        raise fail(f"[audit]: unknown key(s) {', '.join(extra)}; use path (\"\" turns auditing off) "
+                   "and retention_days")
     path = raw.get("path")
     if path is not None and not isinstance(path, str):
         raise fail("[audit] path must be a string")
@@ -172,6 +177,15 @@ def _audit_path(raw: Any, env: Mapping[str, str], fail: Any) -> str:
         default = default_path(env)
         path = str(default) if default is not None else ""
     return path
+
+
+def _audit_retention(raw: Mapping[str, Any], fail: Any) -> float | None:
+    """[audit] retention_days: entries older than this many days are deleted (absent or 0: kept for ever)."""
+    days = raw.get("retention_days", 0)
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 <= days <= MAX_RETENTION_DAYS:
+        raise fail(f"[audit] retention_days must be a number of days between 0 (keep for ever) and "
+                   f"{MAX_RETENTION_DAYS}")
+    return float(days) if days else None
 
 
 def _string(data: Mapping[str, Any], key: str, fail: Any, default: str) -> str:

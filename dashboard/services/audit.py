@@ -47,6 +47,9 @@ FILE_NAME: Final = "audit.sqlite3"
 MAX_TEXT_CHARS: Final = 16 * 1024  # per stored text field; longer values are cut and marked
 MAX_QUERY_LIMIT: Final = 1000
 BUSY_TIMEOUT: Final = 5.0  # seconds a write waits for another process's lock (fsyncs are slow under load)
+PRUNE_BATCH: Final = 5_000  # rows deleted per statement, so that a large prune never holds the lock for long
+PRUNE_EVERY: Final = 3600.0  # seconds between retention passes
+DAY: Final = 86_400.0
 
 # Schema migrations: _MIGRATIONS[n] takes user_version n to n + 1. Append; never edit a released step.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -342,6 +345,29 @@ class AuditLog:
         except sqlite3.Error as exc:
             raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be read: {exc}")) from None
         return [_entry(tuple(row)) for row in rows], total
+
+    def prune(self, older_than: float) -> int:
+        """Delete the entries recorded before `older_than` (epoch seconds); how many went (never raises).
+
+        In batches, each its own transaction: dispatches going on meanwhile wait for one batch at most.
+        """
+        removed = 0
+        try:
+            while True:
+                with self._lock:
+                    cursor = self._connection().execute(
+                        "DELETE FROM dispatches WHERE id IN (SELECT id FROM dispatches WHERE at < ? LIMIT ?)",
+                        (float(older_than), PRUNE_BATCH),
+                    )
+                removed += max(cursor.rowcount, 0)
+                if cursor.rowcount < PRUNE_BATCH:
+                    break
+        except (AuditUnavailable, sqlite3.Error, OSError) as exc:
+            log.error("audit: pruning %s failed after %d entries: %s", self.path, removed, mask_text(str(exc)))
+        if removed:
+            log.info("audit: removed %d entries recorded before %s (retention)", removed,
+                     datetime.fromtimestamp(older_than, UTC).isoformat(timespec="seconds"))
+        return removed
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL); later writes are counted as failed, reads raise."""

@@ -1,7 +1,7 @@
 """The audit log over HTTP: /audit and GET /api/audit on the app `create_app` builds, on the test Redis.
 
-Until the wiring lands (Runtime.audit set by create_app, the blueprint registered, the dispatch seam recording),
-`audited_app` attaches an AuditLog and the blueprint itself; the tests marked NEEDS_WIRING check the seam.
+`audited_app` gives each app the test's own AuditLog (a file under tmp_path, or none), in place of the one
+create_app opens from the config.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,6 @@ from dashboard import create_app
 from dashboard.config import Config, load_config
 from dashboard.resources import sample_config
 from dashboard.services.audit import AuditEntry, AuditLog
-from dashboard.web import audit as audit_web
 from dashboard.web.runtime import EXTENSION_KEY, runtime
 
 T0 = 1_900_000_000.0
@@ -44,12 +44,10 @@ def dashboard_config(broker_url: str, backend_url: str | None) -> Config:
 
 
 def audited_app(config: Config, audit: AuditLog | None) -> Flask:
-    """`create_app(config, live=False)` with `audit` as its log and the audit blueprint registered."""
+    """`create_app(config, live=False)` with `audit` as its log."""
     app = create_app(config, live=False)
     app.testing = True
     app.extensions[EXTENSION_KEY].audit = audit
-    if "audit" not in app.blueprints:
-        app.register_blueprint(audit_web.bp)
     return app
 
 
@@ -325,3 +323,24 @@ def test_a_dispatch_the_broker_refuses_is_recorded_as_unavailable(tmp_path: Path
 
     assert (recorded.outcome, recorded.queue, recorded.task_id) == ("unavailable", "llm", None)
     assert recorded.error is not None and "broker" in recorded.error
+
+
+def test_audit_retention_runs_as_a_monitor_job_and_keeps_recent_entries(
+    broker_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "retained" / "audit.sqlite3"
+    with AuditLog(path) as seed:
+        seed.record(entry(at=time.time() - 10 * 86_400, task_id="old"))
+        seed.record(entry(at=time.time() - 3600, task_id="recent"))
+    config = dataclasses.replace(dashboard_config(broker_url, None), audit_path=str(path), audit_retention_days=7)
+    app = create_app(config, live=False)
+    try:
+        rt = runtime(app)
+        jobs = {job.name: job for job in rt.monitor._jobs}  # noqa: SLF001 - the wiring is what is checked here
+        assert jobs["audit-retention"].every == 3600.0
+        jobs["audit-retention"].run()
+        assert rt.audit is not None
+        entries, total = rt.audit.query()
+        assert total == 1 and entries[0].task_id == "recent"
+    finally:
+        close_app(app)

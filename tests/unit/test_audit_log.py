@@ -19,6 +19,7 @@ import pytest
 from dashboard.exceptions import BrokerUnavailable, RoutingError
 from dashboard.exceptions import DispatchRefused as Refused
 from dashboard.model.dispatch import DispatchInvalid, DispatchOptions, DispatchRequest
+from dashboard.services import audit as audit_module
 from dashboard.services.audit import (
     MAX_TEXT_CHARS,
     MEMORY,
@@ -346,6 +347,41 @@ def test_many_logs_opening_one_new_file_at_once_all_write(db_path: Path) -> None
     assert logs[0].query(limit=100)[1] == len(logs)
     for log in logs:
         log.close()
+
+
+# -- retention ----------------------------------------------------------------------------------------------
+
+
+def test_prune_removes_only_the_entries_recorded_before_the_cutoff(db_path: Path) -> None:
+    with AuditLog(db_path) as audit:
+        for i in range(10):
+            audit.record(entry(at=T0 + i, name=f"n{i}"))
+
+        removed = audit.prune(T0 + 4)
+
+        entries, total = audit.query(limit=100)
+    assert removed == 4 and total == 6
+    assert sorted(e.name for e in entries) == [f"n{i}" for i in range(4, 10)]
+
+
+def test_prune_works_through_a_large_backlog_in_batches(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_module, "PRUNE_BATCH", 7)
+    with AuditLog(db_path) as audit:
+        for i in range(30):
+            audit.record(entry(at=T0 + i))
+
+        assert audit.prune(T0 + 100) == 30
+        assert audit.query()[1] == 0
+        assert audit.prune(T0 + 100) == 0
+
+
+def test_prune_on_a_closed_log_is_logged_not_raised(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    audit = AuditLog(db_path)
+    audit.close()
+
+    with caplog.at_level(logging.ERROR, logger="dashboard.services.audit"):
+        assert audit.prune(T0) == 0
+    assert "pruning" in caplog.text
 
 
 # -- a failing write never raises -----------------------------------------------------------------------------

@@ -95,6 +95,9 @@ def test_client_app_alone_needs_no_file() -> None:
         ("[monitor]\nmax_tasks = 0", "max_tasks must be"),
         ("broker_timeout = 0", "broker_timeout must be"),
         ("trusted_proxies = -1", "trusted_proxies must be"),
+        ("[audit]\nretention_days = -1", "retention_days must be"),
+        ("[audit]\nretention_days = 'a week'", "retention_days must be"),
+        ("[audit]\nkeep = 1", "unknown key(s) keep"),
         ("trusted_proxies = 6", "trusted_proxies must be"),
         ("trusted_proxies = true", "trusted_proxies must be"),
         ("trusted_proxies = '1'", "trusted_proxies must be"),
@@ -107,6 +110,12 @@ def test_malformed_file_is_one_line_naming_file_and_problem(tmp_path: Path, text
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_audit_retention_is_off_unless_set(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, ""), {}).audit_retention_days is None
+    assert load_config(write(tmp_path, "[audit]\nretention_days = 0"), {}).audit_retention_days is None
+    assert load_config(write(tmp_path, "[audit]\nretention_days = 90"), {}).audit_retention_days == 90.0
 
 
 def test_trusted_proxies_default_to_none_and_are_read(tmp_path: Path) -> None:
