@@ -94,23 +94,8 @@ def ui(ws: Any) -> None:
         def snapshot() -> list[str]:
             return [status_html() + views.workers_fragment(rt) + _table(rt, filters, shown)]
 
-        def update(batch: Batch) -> list[str]:
-            parts: list[str] = [chrome(batch)]
-            if batch.get("worker"):
-                parts.append(views.workers_fragment(rt))
-            changed = batch.get("task")
-            if changed:
-                unseen = any(key not in shown for key in changed)
-                if filters.active or (unseen and filters.offset == 0):
-                    parts.append(_table(rt, filters, shown))
-                else:
-                    for key in changed:
-                        task = rt.monitor.state.task(key) if key in shown else None
-                        if task is not None:
-                            parts.append(views.task_row_fragment(task))
-            return ["".join(parts)]
-
-        _pump(ws, rt, snapshot, update, UI_FRAME_SECONDS)
+        _pump(ws, rt, snapshot, lambda batch: tasks_update(rt, filters, shown, batch, chrome(batch)),
+              UI_FRAME_SECONDS)
     elif view == "task":
         task_id = request.args.get("id", "")[:255]
 
@@ -150,6 +135,30 @@ def ui(ws: Any) -> None:
         _pump(ws, rt, routing_snapshot, routing_update, UI_FRAME_SECONDS)
     else:
         _pump(ws, rt, lambda: [status_html()], lambda b: [chrome(b)], UI_FRAME_SECONDS)
+
+
+def tasks_update(rt: Runtime, filters: views.TaskFilters, shown: set[str], batch: Batch, chrome: str) -> list[str]:
+    """The tasks page's messages for one frame: chrome, workers and table in one, changed rows in another.
+
+    Rows travel alone because the browser parses each message as one fragment, and the HTML parser drops a
+    <tr> that follows any other element: the row would never update, and its cells' links and badges would
+    spill out as id-less elements (htmx:oobErrorNoTarget "#null").
+    """
+    parts: list[str] = [chrome]
+    rows: list[str] = []
+    if batch.get("worker"):
+        parts.append(views.workers_fragment(rt))
+    changed = batch.get("task")
+    if changed:
+        unseen = any(key not in shown for key in changed)
+        if filters.active or (unseen and filters.offset == 0):
+            parts.append(_table(rt, filters, shown))
+        else:
+            for key in changed:
+                task = rt.monitor.state.task(key) if key in shown else None
+                if task is not None:
+                    rows.append(views.task_row_fragment(task))
+    return ["".join(parts), "".join(rows)]
 
 
 def _table(rt: Runtime, filters: views.TaskFilters, shown: set[str]) -> str:
