@@ -40,6 +40,7 @@ from tests.e2e.live_server import (
     dashboard_config,
     start_live_server,
 )
+from tests.helpers import WebSocketClient
 
 HASH_METHOD = "pbkdf2:sha256:1000"  # fast for tests; the CLI's default (scrypt) is what production uses
 VIEWER, VIEWER_PASSWORD = "vi", "vi-password-1"
@@ -650,7 +651,7 @@ def ws_url(server: LiveServer, path: str = "/ws/events") -> str:
 
 def test_live_websocket_with_a_foreign_origin_is_refused(live_server: LiveServer) -> None:
     with pytest.raises(simple_websocket.ConnectionError) as refused:
-        simple_websocket.Client.connect(
+        WebSocketClient.connect(
             ws_url(live_server), headers={**basic(OPERATOR, OPERATOR_PASSWORD), "Origin": EVIL}
         )
 
@@ -660,7 +661,7 @@ def test_live_websocket_with_a_foreign_origin_is_refused(live_server: LiveServer
 def test_live_websocket_without_credentials_is_refused(live_server: LiveServer) -> None:
     for headers in ({}, basic(OPERATOR, "wrong")):
         with pytest.raises(simple_websocket.ConnectionError) as refused:
-            simple_websocket.Client.connect(ws_url(live_server), headers=headers)
+            WebSocketClient.connect(ws_url(live_server), headers=headers)
 
         assert refused.value.status_code == 401, refused.value
 
@@ -669,7 +670,7 @@ def test_live_websocket_without_credentials_is_refused(live_server: LiveServer) 
 def test_live_websocket_same_origin_with_basic_gets_the_snapshot(live_server: LiveServer, who: tuple[str, str]) -> None:
     # simple_websocket sends "Host: 127.0.0.1" without the port, so the Origin a browser would send for that
     # Host is http://127.0.0.1; test_live_websocket_raw_handshake checks the exact host:port pair.
-    ws = simple_websocket.Client.connect(ws_url(live_server), headers={**basic(*who), "Origin": "http://127.0.0.1"})
+    ws = WebSocketClient.connect(ws_url(live_server), headers={**basic(*who), "Origin": "http://127.0.0.1"})
     try:
         first = ws.receive(timeout=WS_TIMEOUT)
     finally:

@@ -40,6 +40,7 @@ from tests.e2e.live_server import (
     dashboard_config,
     toml_text,
 )
+from tests.helpers import WebSocketClient
 
 TRANSCRIBE = "worker.tasks.stt.transcribe"
 SUMMARIZE_NOTE = "worker.tasks.llm.summarize_note"
@@ -191,7 +192,7 @@ def connect(server: LiveServer, path: str) -> Client:
     """A websocket client; retried briefly, since a fresh connection may meet a busy accept queue."""
     for attempt in range(1, WS_CONNECT_RETRIES + 1):
         try:
-            return Client.connect(f"ws://{HOST}:{server.port}{path}")
+            return WebSocketClient.connect(f"ws://{HOST}:{server.port}{path}")
         except (ConnectionError, OSError):
             if attempt == WS_CONNECT_RETRIES:
                 raise

@@ -39,6 +39,7 @@ from tests.e2e.live_server import (
     dashboard_config,
     start_live_server,
 )
+from tests.helpers import WebSocketClient
 
 TRANSCRIBE = "worker.tasks.stt.transcribe"
 SUMMARIZE_NOTE = "worker.tasks.llm.summarize_note"
@@ -160,7 +161,7 @@ class AlertStream:
     @classmethod
     def open(cls, server: LiveServer) -> AlertStream:
         """Connect and read the snapshot every connection starts with."""
-        stream = cls(server, Client.connect(f"ws://{HOST}:{server.port}/ws/events?tasks=0"))
+        stream = cls(server, WebSocketClient.connect(f"ws://{HOST}:{server.port}/ws/events?tasks=0"))
         first = stream._next(5.0, "the snapshot message")
         assert first["type"] == "snapshot", first
         stream.snapshot = first

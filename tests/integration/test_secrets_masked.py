@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import redis
-import simple_websocket
 
 from dashboard import create_app
 from dashboard.config import config_from_mapping
@@ -39,7 +38,7 @@ from tests.e2e.live_server import (
     start_live_server,
     toml_text,
 )
-from tests.helpers import started
+from tests.helpers import WebSocketClient, started
 
 PASSWORD = "S3cretPassw0rd"
 WRONG_PASSWORD = "Wr0ngPassw0rdX"
@@ -242,7 +241,7 @@ def scan_everything(server: LiveServer, scan: Scan, prefix: str, task_ids: list[
 
 
 def first_ws_message(server: LiveServer, path: str) -> str:
-    ws = simple_websocket.Client.connect(server.url.replace("http://", "ws://") + path)
+    ws = WebSocketClient.connect(server.url.replace("http://", "ws://") + path)
     try:
         message = ws.receive(timeout=HTTP_TIMEOUT)
     finally:
