@@ -57,6 +57,7 @@ class _Job:
     run: Callable[[], None]
     due: float = 0.0
     kick: threading.Event = field(default_factory=threading.Event)
+    failures: int = 0  # broker failures in a row
 
 
 class Monitor:
@@ -168,6 +169,7 @@ class Monitor:
         for job in self._jobs:
             if name is None or job.name == name:
                 job.due = 0.0
+                job.failures = 0  # e.g. the broker is back: a failure now is retried after a second again
         self._wake_jobs.set()
 
     def on_change(self, hook: Callable[[str, str], None]) -> None:
@@ -261,12 +263,18 @@ class Monitor:
                 try:
                     job.run()
                 except BROKER_ERRORS as exc:
-                    # A broker that just came back often fails the first round trip (pooled connections it
-                    # dropped while it was down): try again soon rather than a whole interval later.
-                    job.due = now + min(job.every, JOB_RETRY_SECONDS)
-                    log.warning("%s: broker unreachable (%s)", job.name, type(exc).__name__)
+                    # Try again soon rather than a whole interval later (the broker may be back in a second),
+                    # backing off while it stays away: 1 s, 2 s, 4 s ... up to the job's own interval.
+                    job.due = now + min(job.every, JOB_RETRY_SECONDS * 2 ** min(job.failures, 16))
+                    job.failures += 1
+                    level = logging.WARNING if job.failures == 1 else logging.DEBUG
+                    log.log(level, "%s: broker unreachable (%s)", job.name, type(exc).__name__)
                 except Exception:  # noqa: BLE001
                     log.exception("%s failed", job.name)
+                else:
+                    if job.failures:
+                        log.info("%s: broker reachable again after %d failed run(s)", job.name, job.failures)
+                    job.failures = 0
 
     def _check_workers(self) -> None:
         flipped = False

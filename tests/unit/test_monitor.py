@@ -426,6 +426,39 @@ def test_a_job_the_broker_failed_runs_again_soon_not_a_whole_interval_later(
     assert flaky.runs == 2
 
 
+def test_a_job_the_broker_keeps_failing_backs_off_up_to_its_interval(monitor: Monitor, monotonic: FakeClock) -> None:
+    flaky = Recorder(ConnectionError("Connection refused"))
+    monitor.add_job("inspect", 10.0, flaky)
+    runs_at: list[float] = []
+    start = monotonic.now
+    while monotonic.now - start < 40.0:
+        before = flaky.runs
+        monitor.tick()
+        if flaky.runs > before:
+            runs_at.append(round(monotonic.now - start, 1))
+        monotonic.now += 0.1
+
+    gaps = [round(later - earlier, 1) for earlier, later in zip(runs_at, runs_at[1:], strict=False)]
+    assert gaps[:5] == [1.0, 2.0, 4.0, 8.0, 10.0]
+    assert set(gaps[4:]) == {10.0}
+
+
+def test_a_kick_after_broker_failures_restarts_the_quick_retry(monitor: Monitor, monotonic: FakeClock) -> None:
+    flaky = Recorder(ConnectionError("Connection refused"))
+    monitor.add_job("inspect", 10.0, flaky)
+    for _ in range(4):
+        monitor.tick()
+        monotonic.now += 10.0
+
+    monitor.kick()  # e.g. the event stream reconnected
+    monitor.tick()
+    runs = flaky.runs
+    monotonic.now += JOB_RETRY_SECONDS
+    monitor.tick()
+
+    assert flaky.runs == runs + 1
+
+
 def test_a_job_failing_for_another_reason_keeps_its_interval(monitor: Monitor, monotonic: FakeClock) -> None:
     buggy = Recorder(RuntimeError("bug in a job"))
     monitor.add_job("inspect", 10.0, buggy)
