@@ -67,6 +67,11 @@ def create_app(
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 20, "max_message_size": 64 * 1024}
     rt = Runtime(config=config, client=client, monitor=monitor, live=live)
     rt.routing = _routing_service(config, client, monitor)
+    from .services.resync import Resync
+
+    results = client.result_state if client.settings.result_backend else None
+    rt.resync = Resync(monitor, rt.routing.inspector, results)
+    rt.resync.install()
     rt.stats.install(monitor)
     from .services.audit import AuditLog
 
@@ -112,8 +117,4 @@ def _routing_service(config: Config, client: SendOnlyClient, monitor: Monitor) -
         inspect_interval=config.monitor.inspect_interval,
     )
     service.install()
-    from .services.resync import Resync
-
-    resync = Resync(monitor, service.inspector, client.result_state if settings.result_backend else None)
-    resync.install()
     return service

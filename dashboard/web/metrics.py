@@ -71,6 +71,9 @@ def runtime_metrics(rt: Runtime) -> Callable[[], Iterator[Metric]]:
     """Queues, alerts, finished tasks, runtimes and dispatch outcomes."""
 
     def collect() -> Iterator[Metric]:
+        yield CounterMetricFamily(f"{PREFIX}_tasks_resynced",
+                                  "Tasks recovered after a gap in the event stream (inspect, result backend).",
+                                  value=rt.resync.resynced_total if rt.resync is not None else 0)
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Messages waiting in a queue (Redis: all priorities).",
                                   labels=["queue"])
         consumers = GaugeMetricFamily(f"{PREFIX}_queue_consumers", "Online workers consuming a queue.",

@@ -15,6 +15,7 @@ from ..model.dispatch import DispatchRequest
 from ..services.audit import AuditLog, DispatchAttempt
 from ..services.client import Resolution, SendOnlyClient, SentTask
 from ..services.monitor import Monitor
+from ..services.resync import Resync
 from ..services.routing import Guard, RoutingService
 from ..services.stats import TaskStats
 
@@ -31,6 +32,7 @@ class Runtime:
     live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
     metric_sources: list[Callable[[], Iterator[Any]]] = field(default_factory=list)  # more /metrics families
     routing: RoutingService | None = None
+    resync: Resync | None = None  # recovers what it can after each gap in the event stream
     stats: TaskStats = field(default_factory=TaskStats)
     audit: AuditLog | None = None  # every dispatch attempt is recorded here (None: auditing is off)
 

@@ -538,6 +538,12 @@ def test_metrics_count_events_and_match_the_api(dashboard: LiveServer, open_stre
         == counts["by_state"]["SUCCESS"]
     assert samples[("dispatch_dashboard_event_stream_up", ())] == 1
     assert samples[("dispatch_dashboard_websocket_clients", ())] >= 1
+    # Beyond Flower's: finished tasks by name and state, the runtime histogram, dispatches by outcome.
+    assert samples[("dispatch_dashboard_tasks_finished_total", (("name", TRANSCRIBE), ("state", "SUCCESS")))] >= 1
+    runs = samples[("dispatch_dashboard_task_runtime_seconds_count", ())]
+    assert runs >= 1 and samples[("dispatch_dashboard_task_runtime_seconds_bucket", (("le", "+Inf"),))] == runs
+    assert samples[("dispatch_dashboard_task_runtime_seconds_sum", ())] > 0
+    assert samples[("dispatch_dashboard_dispatches_total", (("outcome", "sent"),))] >= 1
 
 
 def test_ui_socket_sends_the_tasks_page_fragments_then_the_new_task(dashboard: LiveServer) -> None:

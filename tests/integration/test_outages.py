@@ -681,4 +681,5 @@ def test_pubsub_cut_is_detected(cuttable: Stack) -> None:
     assert detail["result"] == repr({"seconds": SLOW_SECONDS, "steps": 5})
     resyncs = [int(n) for n in RESYNC_LOG.findall(server.log_path.read_text(errors="replace"))]
     assert resyncs and max(resyncs) >= 1, server.log_tail(40)
+    assert metrics(server)["dispatch_dashboard_tasks_resynced_total"] >= 1
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from simple_websocket import Client, ConnectionClosed
 
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer
@@ -94,6 +95,17 @@ def get(server: LiveServer, path: str) -> Any:
     reply = call(server, "GET", path)
     assert reply.status == 200, (path, reply)
     return reply.body
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(server: LiveServer) -> Samples:
+    """GET /metrics, parsed: {(sample name, sorted labels): value}."""
+    reply = call(server, "GET", "/metrics")
+    assert reply.status == 200, reply
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(reply.body) for sample in family.samples}
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, server: LiveServer) -> Any:
@@ -422,6 +434,21 @@ def test_forced_dispatch_to_orphaned_queue_alerts_until_a_consumer_is_added(
     assert updated["depth"] == raised["depth"] + 1 and updated["since"] == raised["since"]
     assert [m["status"] for _at, m in alert_stream.alerts if m["key"] == key] == ["raised", "updated"]
 
+    # The same picture in /metrics, for Prometheus alerting rules.
+    llm_label = (("queue", "llm"),)
+
+    def orphan_metrics() -> Samples | None:
+        samples = metric_samples(server)
+        return samples if samples.get(("dispatch_dashboard_queue_depth", llm_label)) == updated["depth"] else None
+
+    samples: Samples = wait_until(orphan_metrics, ALERT_DEADLINE, "the orphaned depth in /metrics", server)
+    assert samples[("dispatch_dashboard_queue_consumers", llm_label)] == 0
+    assert samples[("dispatch_dashboard_orphaned_queues", ())] >= 1
+    assert samples[("dispatch_dashboard_alerts", (("kind", "orphaned_queue"),))] >= 1
+    assert samples[("dispatch_dashboard_routing_consistent", ())] == 0
+    assert samples[("dispatch_dashboard_dispatches_total", (("outcome", "sent"),))] >= 2
+    assert samples[("dispatch_dashboard_dispatches_total", (("outcome", "refused"),))] >= 1
+
     path = "/api/queues/llm/consumers"
     for bad in (call(server, "POST", path), call(server, "POST", path, raw=b"{not json"),
                 call(server, "POST", path, {"host": fixer.hostname}), add_consumer(server, "llm", 5)):
@@ -447,6 +474,11 @@ def test_forced_dispatch_to_orphaned_queue_alerts_until_a_consumer_is_added(
         assert done["worker"] == fixer.hostname
     wait_until(lambda: (q := queue_row(server, "llm")) and q["depth"] == 0 and q["consumers"] == [fixer.hostname],
                CLEAR_DEADLINE, "'llm' drained and consumed by the fixer", server)
+    drained = wait_until(
+        lambda: (s := metric_samples(server)).get(("dispatch_dashboard_queue_depth", llm_label)) == 0 and s,
+        CLEAR_DEADLINE, "the drained depth in /metrics", server)
+    assert drained[("dispatch_dashboard_queue_consumers", llm_label)] == 1
+    assert drained[("dispatch_dashboard_alerts", (("kind", "orphaned_queue"),))] == 0
     row = task_row(server, SUMMARIZE_NOTE)
     assert row is not None and row["consumers"] == [fixer.hostname]
     assert "orphaned" not in row["problems"]

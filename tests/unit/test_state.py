@@ -583,6 +583,17 @@ def test_readers_can_run_while_the_owner_applies() -> None:
 # -- robustness --------------------------------------------------------------
 
 
+def test_resync_events_are_applied_but_not_counted_as_events_taken_in() -> None:
+    state = State()
+    state.apply({"type": "task-sent", "uuid": "t1", "name": "a.b", "timestamp": 1.0})
+    change = state.apply({"type": "task-started", "uuid": "t1", "hostname": WORKER, "timestamp": 2.0, "resync": True})
+
+    assert change is not None
+    task = state.task("t1")
+    assert task is not None and task.state == "STARTED"
+    assert state.events_total() == {"task-sent": 1}
+
+
 @pytest.mark.parametrize("kind", ["task-custom", "worker-something", "cluster-x", ""])
 def test_unknown_event_types_are_counted_and_ignored(kind: str) -> None:
     state = State()

@@ -103,11 +103,16 @@ class State:
     # -- owner thread -------------------------------------------------------
 
     def apply(self, event: Mapping[str, Any]) -> Change | None:
-        """Apply one Celery event; return what changed, or None if it was ignored."""
+        """Apply one Celery event; return what changed, or None if it was ignored.
+
+        An event marked `"resync": True` was made up by the dashboard from an inspect reply or the result
+        backend after a gap: it is applied, but not counted as an event taken in (`events_total`).
+        """
         kind = event.get("type")
         kind = kind if isinstance(kind, str) else MISSING_TYPE
         with self._lock:
-            self._count_event(kind)
+            if event.get("resync") is not True:
+                self._count_event(kind)
             code = TASK_EVENT_CODES.get(kind)
             if code is not None:
                 return self._apply_task(code, event)
