@@ -35,6 +35,7 @@ try:
 except ImportError:  # pragma: no cover - celery[redis] brings redis
     pass
 # py-amqp's own errors (AccessRefused, PreconditionFailed, ...) are not all wrapped by kombu either.
+from amqp.exceptions import ChannelError as AmqpChannelError  # noqa: E402
 from kombu.transport.pyamqp import Transport as _AmqpTransport  # noqa: E402
 
 BROKER_ERRORS += (*_AmqpTransport.connection_errors, *_AmqpTransport.channel_errors)
@@ -351,12 +352,17 @@ def _describe(router: Any) -> str:
 
 
 def _refused(exc: BaseException) -> bool:
-    """True when the broker surely never saw the message (the connection itself was refused)."""
+    """True when the broker surely never took the message.
+
+    The connection itself was refused, or RabbitMQ refused an operation on the channel (a channel error such
+    as 406 PRECONDITION_FAILED on the queue declare that comes before the publish, or 404 for a missing
+    exchange): with publisher confirms on, a message the channel failed on was not accepted.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError) or "refused" in str(current).lower():
+        if isinstance(current, (ConnectionRefusedError, AmqpChannelError)) or "refused" in str(current).lower():
             return True
         current = current.__cause__ or current.__context__
     return False

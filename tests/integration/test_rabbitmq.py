@@ -21,6 +21,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +56,6 @@ READY_DEADLINE = 20.0  # worker online and inspected, a first comparison made
 TASK_DEADLINE = 15.0
 ALERT_DEADLINE = 20.0  # alert_grace (1 s) + inspection every 0.5 s + routing every 0.5 s, with slack
 INSPECTOR_TIMEOUT = 1.0
-NEEDS_WIRING = (
-    "needs wiring: broker_inspector() in dashboard/services/broker.py still refuses amqp:// "
-    "(return AmqpBrokerInspector there), so the dashboard has no queue depths on RabbitMQ"
-)
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy for 127.0.0.1
 
@@ -164,16 +161,6 @@ def row(rows: list[dict[str, Any]], key: str, value: str) -> dict[str, Any] | No
     return next((item for item in rows if item[key] == value), None)
 
 
-def inspector_wired(url: str) -> bool:
-    """Whether the dashboard's factory hands out an inspector for amqp:// (the routing depths need it)."""
-    try:
-        inspector = broker_inspector(url, {}, INSPECTOR_TIMEOUT)
-    except ConfigError:
-        return False
-    inspector.close()
-    return True
-
-
 # -- the cluster: a worker and the dashboard ---------------------------------------------------------------------
 
 
@@ -273,8 +260,9 @@ def test_route_to_unconsumed_queue_is_orphaned_and_forced_send_waits_there(clust
     assert stats["llm"].exists and stats["llm"].depth is not None and stats["llm"].depth >= 1, stats
     assert stats["llm"].consumers == 0 and stats["stt"].consumers == 1, stats
 
-    if not inspector_wired(rabbit.url()):
-        pytest.skip(NEEDS_WIRING)
+    factory_made = broker_inspector(rabbit.url(), {}, INSPECTOR_TIMEOUT)  # what the dashboard reads depths with
+    factory_made.close()
+    assert isinstance(factory_made, AmqpBrokerInspector)
     started = time.monotonic()
 
     def orphaned_llm() -> dict[str, Any] | None:
@@ -291,6 +279,36 @@ def test_route_to_unconsumed_queue_is_orphaned_and_forced_send_waits_there(clust
     raised = wait_until(alert, ALERT_DEADLINE, "orphaned_queue:llm in /api/alerts", server)
     print(f"\n[rabbitmq] orphaned_queue:llm alert {time.monotonic() - started:.2f} s after the forced send")
     assert raised["kind"] == "orphaned_queue" and raised["queue"] == "llm"
+
+
+def test_a_queue_declared_with_other_arguments_is_a_clear_503_and_dispatch_goes_on(cluster: Cluster) -> None:
+    # RabbitMQ refuses to redeclare a queue with other arguments (406 PRECONDITION_FAILED, closing the channel):
+    # a queue the workers declared with x-max-priority, published to by an API that declares it plainly.
+    server, rabbit = cluster.server, cluster.rabbit
+    queue = f"prio-{uuid.uuid4().hex[:8]}"
+    with kombu.Connection(rabbit.url(), connect_timeout=5) as connection:
+        bound = kombu.Queue(queue, kombu.Exchange(queue, type="direct"), routing_key=queue,
+                            queue_arguments={"x-max-priority": 10})(connection.default_channel)
+        bound.declare()
+        try:
+            started = time.monotonic()
+            body = {"name": TRANSCRIBE, "kwargs": {"audio_url": "https://example.com/p.wav"},
+                    "options": {"queue": queue}, "force": True}
+            refused = call(server, "POST", "/api/dispatch", body)
+            answered_in = time.monotonic() - started
+            print(f"\n[rabbitmq] dispatch into a queue with other arguments: {refused.status} in "
+                  f"{answered_in * 1000:.0f} ms: {refused.body}")
+            assert refused.status == 503, refused
+            assert "PRECONDITION_FAILED" in refused.body["error"] and "x-max-priority" in refused.body["error"]
+            assert "may still have been stored" not in refused.body["error"]  # RabbitMQ refused it: nothing was
+            assert answered_in < 5.0
+            # The closed channel is not left behind: the next dispatch goes through.
+            after = dispatch(server, TRANSCRIBE, {"audio_url": "https://example.com/after.wav"})
+            assert after.status == 202, after
+            entry = get(server, "/api/tasks?limit=1")
+            assert entry["total"] >= 1
+        finally:
+            bound.delete()
 
 
 def test_inspector_depths_consumer_counts_and_absent_queues(rabbit: RabbitMQServer) -> None:
@@ -384,10 +402,8 @@ def test_stopped_broker_is_unavailable_fast_and_everything_reconnects(cluster: C
         assert "guest:guest" not in json.dumps(down.body)
         wait_until(lambda: get(server, "/api/status")["broker"] in ("reconnecting", "unreachable"), TASK_DEADLINE,
                    "the event stream reported down", server)
-        wired = inspector_wired(rabbit.url())
-        if wired:
-            wait_until(lambda: get(server, "/api/routing")["broker_error"], ALERT_DEADLINE,
-                       "broker_error in /api/routing while the broker is down", server)
+        wait_until(lambda: get(server, "/api/routing")["broker_error"], ALERT_DEADLINE,
+                   "broker_error in /api/routing while the broker is down", server)
 
         started = time.monotonic()
         rabbit.start()  # same ports and data
@@ -404,9 +420,8 @@ def test_stopped_broker_is_unavailable_fast_and_everything_reconnects(cluster: C
         server, TRANSCRIBE, {"audio_url": "https://example.com/back.wav"}).status == 202, TASK_DEADLINE,
         "a 202 from dispatch after the restart", server)
     print(f"[rabbitmq] events live and dispatch 202 again {time.monotonic() - started:.2f} s after the restart")
-    if wired:
-        wait_until(lambda: get(server, "/api/routing")["broker_error"] is None, ALERT_DEADLINE,
-                   "broker_error cleared after the restart", server)
+    wait_until(lambda: get(server, "/api/routing")["broker_error"] is None, ALERT_DEADLINE,
+               "broker_error cleared after the restart", server)
 
 
 @pytest.mark.parametrize(
