@@ -145,6 +145,7 @@ class RoutingService:
         self.broker_error: str | None = None
         self.inspect_error: str | None = None
         self.history: list[AlertChange] = []
+        self.changes_total = 0  # alert changes ever made; history holds the last MAX_ALERT_HISTORY of them
 
     # -- wiring ----------------------------------------------------------------------------------------------
 
@@ -234,10 +235,12 @@ class RoutingService:
         if changed_report:
             self.monitor.publish("routing", "")
         for change in changes:
-            self.history.append(change)
+            with self._lock:
+                self.history.append(change)
+                self.changes_total += 1
+                del self.history[:-MAX_ALERT_HISTORY]
             log.warning("alert %s: %s", change.status, change.alert.message)
             self.monitor.publish("alert", change.alert.key)
-        del self.history[:-MAX_ALERT_HISTORY]
 
     def _broker_queues(self) -> list[BrokerQueue]:
         if self.broker is None:
@@ -329,12 +332,13 @@ class RoutingService:
         """An active alert by key."""
         return next((alert for alert in self.book.active() if alert.key == key), None)
 
-    def last_change(self, key: str) -> AlertChange | None:
-        """The latest change of an alert, for the websocket's "alert" messages."""
-        for change in reversed(self.history):
-            if change.alert.key == key:
-                return change
-        return None
+    def changes_since(self, seen: int) -> tuple[list[AlertChange], int]:
+        """Every alert change after the first `seen` ones, oldest first (as far as history reaches), and the new
+        count to pass next time: a raise and a clear within one frame are two messages, not one."""
+        with self._lock:
+            total = self.changes_total
+            missed = min(total - seen, len(self.history))
+            return (self.history[-missed:] if missed > 0 else []), total
 
     def guard(self, name: str, queue: str) -> Guard:
         """Would this dispatch land where nobody takes it? Judged from the latest inspection."""

@@ -216,11 +216,15 @@ def events(ws: Any) -> None:
         limit = SNAPSHOT_TASKS_DEFAULT
     limit = max(0, min(limit, SNAPSHOT_TASKS_MAX))
 
+    alerts_seen = [0]  # alert changes already reflected in what this client has
+
     def snapshot() -> list[str]:
+        if rt.routing is not None:
+            alerts_seen[0] = rt.routing.changes_total
         return [_dumps(snapshot_message(rt, limit))]
 
     def update(batch: Batch) -> list[str]:
-        return [_dumps(message) for message in _messages(rt, batch)]
+        return [_dumps(message) for message in _messages(rt, batch, alerts_seen)]
 
     _pump(ws, rt, snapshot, update, JSON_FRAME_SECONDS)
 
@@ -230,7 +234,7 @@ _sock.route("/ws/ui", bp=bp)(ui)
 _sock.route("/ws/events", bp=bp)(events)
 
 
-def _messages(rt: Runtime, batch: Batch) -> Iterator[dict[str, Any]]:
+def _messages(rt: Runtime, batch: Batch, alerts_seen: list[int]) -> Iterator[dict[str, Any]]:
     state = rt.monitor.state
     if batch.get("status") or batch.get("gap"):
         yield status_message(rt)
@@ -244,9 +248,11 @@ def _messages(rt: Runtime, batch: Batch) -> Iterator[dict[str, Any]]:
             yield task_message(task)
     routing = rt.routing
     if routing is not None:
-        for key in batch.get("alert"):
-            change = routing.last_change(key)
-            if change is not None:
+        if batch.get("alert"):
+            # Every change in order, from the history: the batch only says which keys changed, and a key
+            # raised and cleared within one frame must still reach tools as both.
+            changes, alerts_seen[0] = routing.changes_since(alerts_seen[0])
+            for change in changes:
                 yield {"type": "alert", "status": change.status, **change.alert.to_dict()}
         if batch.get("routing") and routing.report is not None:
             yield {"type": "routing", **routing.report.to_dict()}
