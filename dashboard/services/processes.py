@@ -113,8 +113,27 @@ def _terminate(proc: subprocess.Popen[bytes], what: str, timeout: float, group: 
         raise ProcessError(f"{what} (pid {proc.pid}) survived SIGKILL for {timeout:.1f} s")
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL whatever is left in a process group (a child that leads its own session); none left is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 class ManagedProcess:
     """A child process the caller owns: `with X(...) as x:` starts it and stops it, whatever happens."""
+
+    _proc: subprocess.Popen[bytes] | None = None  # the main child, set by start() and cleared by stop()/kill()
+
+    @property
+    def pid(self) -> int | None:
+        """The main child's pid while it runs, else None."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the main child is alive."""
+        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> Self:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -159,17 +178,6 @@ class RedisServer(ManagedProcess):
         self._log_path = Path(log_path) if log_path is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         self.version: str | None = None  # redis_version from INFO, once the server has answered
-
-    @property
-    def pid(self) -> int | None:
-        """The child's pid while it runs, else None."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the child process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def log_path(self) -> Path | None:
@@ -380,17 +388,6 @@ class CeleryWorker(ManagedProcess):
             self._log_path = Path(tempfile.mkdtemp(prefix="dispatch-worker-")) / f"{self.name}.log"
         return self._log_path
 
-    @property
-    def pid(self) -> int | None:
-        """The worker's main pid while it runs, else None."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the worker's main process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
     def command(self) -> list[str]:
         """The argv this worker is started with."""
         argv = [
@@ -525,19 +522,13 @@ class CeleryWorker(ManagedProcess):
         if proc is None:
             return
         if _signal_and_wait(proc, signal.SIGTERM, self.stop_timeout, group=False):
-            self._kill_group(proc.pid)  # prefork children outliving their parent, if any
+            kill_group(proc.pid)  # prefork children outliving their parent, if any
             return
         log.warning(
             "worker %s (pid %d) ignored SIGTERM for %.1fs", self.hostname, proc.pid, self.stop_timeout
         )
         if not _signal_and_wait(proc, signal.SIGKILL, self.stop_timeout, group=True):
             raise ProcessError(f"worker {self.hostname} (pid {proc.pid}) survived SIGKILL")
-
-    @staticmethod
-    def _kill_group(pgid: int) -> None:
-        """SIGKILL whatever is left in the worker's process group; nothing there is fine."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGKILL the worker and its children at once (a crash) and reap it."""

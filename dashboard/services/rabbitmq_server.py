@@ -25,7 +25,16 @@ from typing import Any, Final, Self
 from kombu.connection import Connection
 from kombu.exceptions import KombuError
 
-from .processes import POLL_INTERVAL, ManagedProcess, ProcessError, _signal_and_wait, _terminate, free_port, log_tail
+from .processes import (
+    POLL_INTERVAL,
+    ManagedProcess,
+    ProcessError,
+    _signal_and_wait,
+    _terminate,
+    free_port,
+    kill_group,
+    log_tail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +121,10 @@ class RabbitMQServer(ManagedProcess):
         self.started_in: float | None = None  # seconds the last start() took
 
     @property
-    def pid(self) -> int | None:
-        """The node's pid (the foreground script's) while it runs, else None."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
-
-    @property
     def epmd_pid(self) -> int | None:
         """Our own epmd's pid while it runs, else None."""
         epmd = self._epmd
         return epmd.pid if epmd is not None and epmd.poll() is None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the node's process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def directory(self) -> Path | None:
@@ -324,7 +322,7 @@ class RabbitMQServer(ManagedProcess):
             if proc is not None:
                 # The foreground script traps SIGTERM and stops the node properly, waiting for it to exit.
                 _terminate(proc, f"rabbitmq-server {self.nodename}", self.stop_timeout, group=False)
-                _kill_group(proc.pid)  # erl_child_setup, inet_gethost: whatever outlived the node
+                kill_group(proc.pid)  # erl_child_setup, inet_gethost: whatever outlived the node
         finally:
             epmd, self._epmd = self._epmd, None
             if epmd is not None:
@@ -337,7 +335,7 @@ class RabbitMQServer(ManagedProcess):
             return
         if not _signal_and_wait(proc, signal.SIGKILL, self.stop_timeout, group=True):
             raise ProcessError(f"rabbitmq-server pid {proc.pid} survived SIGKILL for {self.stop_timeout:.1f} s")
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
 
     def restart(self) -> Self:
         """Stop (if running) and start again on the same ports, with the same data (durable queues survive)."""
@@ -347,8 +345,3 @@ class RabbitMQServer(ManagedProcess):
     def __repr__(self) -> str:
         return f"RabbitMQServer(node={self.nodename!r}, port={self.port}, pid={self.pid})"
 
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL whatever is left in the node's process group (it leads its own session); none left is fine."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
