@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import simple_websocket
@@ -47,3 +52,60 @@ class WebSocketClient(simple_websocket.Client):
         super().handshake()
         if self.connected:
             self.connected = self._handle_events()
+
+
+# -- HTTP against a live dashboard -----------------------------------------------------------------------------
+
+HTTP_TIMEOUT = 5.0
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy for 127.0.0.1
+
+
+class _Served(Protocol):
+    url: str
+
+    def log_tail(self, lines: int = ...) -> str: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer, whatever its status, with the body decoded as JSON when it is JSON."""
+
+    status: int
+    body: Any
+
+
+def call(server: _Served, method: str, path: str, payload: Any = None, *, raw: bytes | None = None,
+         timeout: float = HTTP_TIMEOUT) -> Reply:
+    """One bounded request; `payload` is sent as JSON, `raw` as is (for malformed bodies)."""
+    data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    request = urllib.request.Request(server.url + path, data=data, method=method, headers=headers)
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    try:
+        return Reply(status, json.loads(body))
+    except ValueError:
+        return Reply(status, body.decode(errors="replace"))
+
+
+def get(server: _Served, path: str) -> Any:
+    """GET a JSON endpoint that must answer 200."""
+    reply = call(server, "GET", path)
+    assert reply.status == 200, (path, reply)
+    return reply.body
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, server: _Served | None = None) -> Any:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` s (with the server's log)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            tail = f"\n--- server log ---\n{server.log_tail(30)}" if server is not None else ""
+            pytest.fail(f"no {what} within {timeout:.1f} s{tail}", pytrace=False)
+        time.sleep(0.1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
@@ -22,7 +21,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from dashboard.services.processes import free_port, log_tail
+from dashboard.services.processes import free_port, kill_group, log_tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "dispatch.toml"
@@ -156,15 +155,9 @@ class LiveServer:
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _kill_group(proc.pid)
+                kill_group(proc.pid)
                 proc.wait(timeout=timeout)
-        _kill_group(proc.pid)  # a worker process the master left behind would become an unreaped zombie
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL whatever is left in the server's process group (it leads its own session); none left is fine."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        kill_group(proc.pid)  # a worker process the master left behind would become an unreaped zombie
 
 
 def start_live_server(

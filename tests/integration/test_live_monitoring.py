@@ -40,7 +40,7 @@ from tests.e2e.live_server import (
     dashboard_config,
     toml_text,
 )
-from tests.helpers import WebSocketClient
+from tests.helpers import WebSocketClient, wait_until
 
 TRANSCRIBE = "worker.tasks.stt.transcribe"
 SUMMARIZE_NOTE = "worker.tasks.llm.summarize_note"
@@ -159,19 +159,6 @@ def dispatch(server: LiveServer, name: str, kwargs: Mapping[str, Any] | None = N
     assert reply.status == 202, f"dispatch {name}: {reply.status} {reply.body[:500]!r}\n{server.log_tail(20)}"
     task_id: str = reply.json()["task_id"]
     return task_id
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, server: LiveServer | None = None) -> Any:
-    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            tail = f"\n--- server log ---\n{server.log_tail(30)}" if server is not None else ""
-            pytest.fail(f"no {what} within {timeout:.1f} s{tail}", pytrace=False)
-        time.sleep(0.1)
 
 
 def metrics(server: LiveServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

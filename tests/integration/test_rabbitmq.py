@@ -19,10 +19,8 @@ import socket
 import subprocess
 import time
 import tomllib
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,19 +43,18 @@ from tests.e2e.live_server import (
     dashboard_config,
     start_live_server,
 )
+from tests.helpers import Reply, call, get, wait_until
 
 TRANSCRIBE = "worker.tasks.stt.transcribe"
 SUMMARIZE_NOTE = "worker.tasks.llm.summarize_note"  # routed to "llm", which the worker here does not consume
 TRANSLATE = "worker.tasks.llm.translate"  # the example config's deliberate mismatch, left out here
 WORKER_QUEUES = ("stt", "default")
 INSTALL_TIMEOUT = 600.0
-HTTP_TIMEOUT = 5.0
 READY_DEADLINE = 20.0  # worker online and inspected, a first comparison made
 TASK_DEADLINE = 15.0
 ALERT_DEADLINE = 20.0  # alert_grace (1 s) + inspection every 0.5 s + routing every 0.5 s, with slack
 INSPECTOR_TIMEOUT = 1.0
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy for 127.0.0.1
 
 
 # -- the node ----------------------------------------------------------------------------------------------------
@@ -107,47 +104,6 @@ def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQServer]
 
 
 # -- HTTP helpers ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: Any
-
-
-def call(server: LiveServer, method: str, path: str, payload: Any = None) -> Reply:
-    """One bounded request; `payload` is sent as JSON."""
-    data = json.dumps(payload).encode() if payload is not None else None
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    request = urllib.request.Request(server.url + path, data=data, method=method, headers=headers)
-    try:
-        with _OPENER.open(request, timeout=HTTP_TIMEOUT) as response:
-            status, body = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    try:
-        return Reply(status, json.loads(body))
-    except ValueError:
-        return Reply(status, body.decode(errors="replace"))
-
-
-def get(server: LiveServer, path: str) -> Any:
-    reply = call(server, "GET", path)
-    assert reply.status == 200, (path, reply)
-    return reply.body
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, server: LiveServer | None = None) -> Any:
-    """Poll `condition` until it is truthy, or fail after `timeout` s (with the dashboard's log tail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            tail = f"\n--- dashboard log ---\n{server.log_tail(30)}" if server is not None else ""
-            pytest.fail(f"no {what} within {timeout:.1f} s{tail}", pytrace=False)
-        time.sleep(0.1)
 
 
 def dispatch(server: LiveServer, name: str, kwargs: Mapping[str, Any], *, force: bool = False) -> Reply:

@@ -17,9 +17,7 @@ import functools
 import json
 import time
 import tomllib
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,7 @@ from tests.e2e.live_server import (
     dashboard_config,
     start_live_server,
 )
-from tests.helpers import WebSocketClient
+from tests.helpers import Reply, WebSocketClient, call, get, wait_until
 
 TRANSCRIBE = "worker.tasks.stt.transcribe"
 SUMMARIZE_NOTE = "worker.tasks.llm.summarize_note"
@@ -50,7 +48,6 @@ SPARE_QUEUE = "routing-spare"  # the fixer's idle queue: consumed, routed to by 
 DRIFT_QUEUE = "llm-other"
 
 GRACE = TEST_MONITOR["alert_grace"]
-HTTP_TIMEOUT = 5.0
 READY_DEADLINE = 15.0  # workers online and inspected, a first comparison made
 ALERT_BOUND = GRACE + 10.0  # condition -> alert on the stream: grace, inspection every 0.5 s, slack
 ALERT_DEADLINE = ALERT_BOUND + 5.0
@@ -59,42 +56,9 @@ TASK_DEADLINE = 15.0
 LOST_CONSUMER_BOUND = 4.0 + GRACE + 10.0  # heartbeat expiry (2 x 2 s) + grace + slack
 LOST_CONSUMER_DEADLINE = LOST_CONSUMER_BOUND + 5.0
 
-# Proxy settings in the environment must not capture requests to 127.0.0.1.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # -- HTTP --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An HTTP answer, whatever its status, with the body decoded as JSON when it is JSON."""
-
-    status: int
-    body: Any
-
-
-def call(server: LiveServer, method: str, path: str, payload: Any = None, *, raw: bytes | None = None) -> Reply:
-    """One bounded request; `payload` is sent as JSON, `raw` as is (for malformed bodies)."""
-    data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else None)
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    req = urllib.request.Request(server.url + path, data=data, method=method, headers=headers)
-    try:
-        with _OPENER.open(req, timeout=HTTP_TIMEOUT) as response:
-            status, body = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    try:
-        return Reply(status, json.loads(body))
-    except ValueError:
-        return Reply(status, body.decode(errors="replace"))
-
-
-def get(server: LiveServer, path: str) -> Any:
-    """GET a JSON endpoint that must answer 200."""
-    reply = call(server, "GET", path)
-    assert reply.status == 200, (path, reply)
-    return reply.body
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -106,19 +70,6 @@ def metric_samples(server: LiveServer) -> Samples:
     assert reply.status == 200, reply
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(reply.body) for sample in family.samples}
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, server: LiveServer) -> Any:
-    """Poll `condition` until it returns something truthy, or fail after `timeout` s with the server's log."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"no {what} within {timeout:.1f} s\n--- server log ---\n{server.log_tail(30)}",
-                        pytrace=False)
-        time.sleep(0.1)
 
 
 def task_row(server: LiveServer, name: str) -> dict[str, Any] | None:
