@@ -580,6 +580,54 @@ def test_readers_can_run_while_the_owner_applies() -> None:
     assert state.counts().tasks == 500
 
 
+def _random_history(seed: int, events: int, max_tasks: int) -> State:
+    """Tasks sent, received, started, finished, retried by another worker and failed as NotRegistered, at random,
+    with eviction: every way a task's state, name, queue or worker can change."""
+    rng = __import__("random").Random(seed)
+    state = State(max_tasks=max_tasks)
+    names = [f"app.tasks.t{i}" for i in range(6)]
+    queues = ["default", "llm", "stt"]
+    workers = [f"celery@w{i}" for i in range(4)]
+    now = 1_700_000_000.0
+    for step in range(events):
+        now += 0.01
+        task_id = f"t{rng.randrange(events // 3)}"
+        kind = rng.choice(["task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+                           "task-retried", "task-sent"])
+        event: dict[str, Any] = {"type": kind, "uuid": task_id, "timestamp": now, "local_received": now}
+        if kind == "task-sent":
+            event.update(name=rng.choice(names), queue=rng.choice(queues))
+        else:
+            event["hostname"] = rng.choice(workers)
+        if kind == "task-received" and rng.random() < 0.5:
+            event["name"] = rng.choice(names)
+        if kind == "task-failed" and step % 5 == 0:
+            event["exception"] = f"NotRegistered('app.tasks.typo{step % 3}')"
+        state.apply(event)
+    return state
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_filtered_pages_and_totals_match_a_full_scan(seed: int) -> None:
+    state = _random_history(seed, events=3000, max_tasks=250)
+    everything, total = state.tasks(limit=10_000)
+    assert total == len(everything) <= 250
+
+    filters: list[dict[str, str]] = []
+    for field in ("state", "name", "queue", "worker"):
+        values = {getattr(task, field) for task in everything if getattr(task, field) is not None}
+        filters += [{field: value} for value in sorted(values)] + [{field: "no-such-value"}]
+    some = everything[len(everything) // 2]
+    filters.append({"state": some.state, "name": some.name or "x", "worker": some.worker or "x"})
+    filters.append({"queue": some.queue or "x", "name": some.name or "x"})
+
+    for query in filters:
+        expected = [task.id for task in everything if all(getattr(task, k) == v for k, v in query.items())]
+        page, found_total = state.tasks(**query, limit=7, offset=3)  # type: ignore[arg-type]
+        assert found_total == len(expected), query
+        assert [task.id for task in page] == expected[3:10], query
+
+
 # -- robustness --------------------------------------------------------------
 
 

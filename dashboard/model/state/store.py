@@ -8,6 +8,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
@@ -96,6 +97,11 @@ class State:
         # dict's first key leaves holes that the next pop must walk past.
         self._order: deque[TaskRecord] = deque()
         self._by_state: dict[str, int] = dict.fromkeys(EVENT_STATES, 0)
+        # Retained tasks per name, queue and worker (values with none left are dropped): a query on one of
+        # them takes its total from here and stops scanning once its page is full.
+        self._by_name: dict[str, int] = {}
+        self._by_queue: dict[str, int] = {}
+        self._by_worker: dict[str, int] = {}
         self._workers: dict[str, WorkerRecord] = {}
         self._events: dict[str, int] = {}
         self._evicted = 0
@@ -166,15 +172,22 @@ class State:
             if len(self._order) > self._max_tasks:
                 self._evict_oldest_task()
         before = task.state
+        name, queue, worker = task.name, task.queue, task.worker
         self._updater.apply(task, code, event, ts, host)
         if task.state != before:
             self._by_state[before] -= 1
             self._by_state[task.state] += 1
+        if task.name != name:
+            _recount(self._by_name, name, task.name)
+        if task.queue != queue:
+            _recount(self._by_queue, queue, task.queue)
+        if task.worker != worker:
+            _recount(self._by_worker, worker, task.worker)
         if code != SENT and host is not None:
             # Celery counts any worker-sent task event as a sign of life.
-            worker = self._workers.get(host)
-            if worker is not None:
-                worker.beat(ts, local)
+            record = self._workers.get(host)
+            if record is not None:
+                record.beat(ts, local)
         return Change("task", task_id, created)
 
     def _evict_oldest_task(self) -> None:
@@ -182,6 +195,9 @@ class State:
         oldest = self._order.popleft()
         del self._tasks[oldest.id]
         self._by_state[oldest.state] -= 1
+        _recount(self._by_name, oldest.name, None)
+        _recount(self._by_queue, oldest.queue, None)
+        _recount(self._by_worker, oldest.worker, None)
         self._evicted += 1
 
     def _apply_worker(self, kind: str, event: Mapping[str, Any]) -> Change | None:
@@ -237,12 +253,18 @@ class State:
             if state is None and name is None and queue is None and worker is None:
                 total = len(self._order)
                 page = list(islice(reversed(self._order), offset, offset + limit))
-            elif name is None and queue is None and worker is None:
-                # By state alone: the total is a counter the state keeps, and the page stops the scan early.
-                assert state is not None
-                total = self._by_state.get(state, 0)
-                matching = (task for task in reversed(self._order) if task.state == state)
-                page = list(islice(matching, offset, offset + limit)) if total else []
+            elif sum(value is not None for value in (state, name, queue, worker)) == 1:
+                # One filter: the total is a counter the state keeps, and the page stops the scan early.
+                attribute, value, counts = next(
+                    (attribute, value, counts) for attribute, value, counts in (
+                        ("state", state, self._by_state), ("name", name, self._by_name),
+                        ("queue", queue, self._by_queue), ("worker", worker, self._by_worker),
+                    ) if value is not None
+                )
+                total = counts.get(value, 0)
+                read = attrgetter(attribute)
+                matching = (task for task in reversed(self._order) if read(task) == value)
+                page = list(islice(matching, offset, offset + limit)) if total > offset else []
             else:
                 page, total = self._matching_page(state, name, queue, worker, limit, offset)
             return [task_view(task, self._hosts) for task in page], total
@@ -253,10 +275,13 @@ class State:
         """One page of matching tasks newest first, and how many match (call under the lock).
 
         One pass that counts every match and keeps only the page: no list of all matches is built. Per-value
-        indexes would cost more memory per task than the whole timeline does.
+        indexes would cost more memory per task than the whole timeline does; per-value counts are kept (see
+        tasks()), and one that is zero answers at once.
         """
-        if state is not None and not self._by_state.get(state):
-            return [], 0
+        for value, counts in ((state, self._by_state), (name, self._by_name), (queue, self._by_queue),
+                              (worker, self._by_worker)):
+            if value is not None and not counts.get(value):
+                return [], 0
         page: list[TaskRecord] = []
         total = 0
         end = offset + limit
@@ -301,3 +326,15 @@ class State:
         """Return how many events of each type were applied or ignored."""
         with self._lock:
             return dict(self._events)
+
+
+def _recount(counts: dict[str, int], old: str | None, new: str | None) -> None:
+    """Move one task from value `old` to `new` in a per-value count (None: no value); drop values at zero."""
+    if old is not None:
+        left = counts[old] - 1
+        if left:
+            counts[old] = left
+        else:
+            del counts[old]
+    if new is not None:
+        counts[new] = counts.get(new, 0) + 1
