@@ -7,8 +7,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from ..exceptions import DispatchRefused
+from ..exceptions import DispatchRefused, RoutingError
 from ..model.dispatch import DispatchInvalid, parse_api_body
+from ..model.secrets import mask_text
 from . import views
 from .audit import record_invalid
 from .live import status_message
@@ -66,7 +67,14 @@ def catalog() -> Response:
     rt = runtime()
     tasks = []
     for spec in rt.config.catalog:
-        resolution = rt.client.resolve(spec.name)
+        # One task whose route cannot be resolved (a failing router, a queue missing from task_queues) is
+        # listed with the reason; the rest of the catalog stays usable.
+        route: dict[str, Any]
+        try:
+            resolution = rt.client.resolve(spec.name)
+            route = {"queue": resolution.queue, "route": resolution.to_dict()}
+        except RoutingError as exc:
+            route = {"queue": None, "route": None, "route_error": mask_text(str(exc))}
         tasks.append(
             {
                 "name": spec.name,
@@ -81,8 +89,7 @@ def catalog() -> Response:
                     }
                     for p in spec.params
                 ],
-                "queue": resolution.queue,
-                "route": resolution.to_dict(),
+                **route,
             }
         )
     return jsonify(tasks=tasks)

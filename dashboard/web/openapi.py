@@ -175,12 +175,15 @@ def _schemas() -> Schema:
             "url": {"type": "string", "description": "The task's page"},
         }),
         "Catalog": _object({"tasks": _array(_object({
-            "name": STRING, "description": STRING, "queue": STRING, "route": _ref("Route"),
+            "name": STRING, "description": STRING, "queue": OPT_STRING,
+            "route": {"anyOf": [_ref("Route"), {"type": "null"}]},
+            "route_error": {"type": "string", "description": "Why the route could not be resolved (queue and "
+                                                               "route are null then)"},
             "params": _array(_object({
                 "name": STRING, "type": {"enum": list(PARAM_TYPES)}, "required": BOOLEAN, "description": STRING,
                 "default": {"description": "Present only when the catalog gives one"},
             }, optional=("default",))),
-        }))}),
+        }, optional=("route_error",)))}),
         "TimelineEntry": _object({"type": {"enum": list(TASK_EVENT_TYPES)}, "timestamp": NUMBER,
                                   "hostname": OPT_STRING, "detail": OPT_STRING}),
         "Task": _object({

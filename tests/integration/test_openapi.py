@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import jsonschema
+import kombu
 import pytest
 import redis
 import schemathesis
@@ -36,6 +38,7 @@ from werkzeug.security import generate_password_hash
 from dashboard import MAX_BODY_BYTES, create_app
 from dashboard.config import Config, config_from_mapping, load_config
 from dashboard.resources import sample_config
+from dashboard.services.client import ClientSettings, SendOnlyClient
 from dashboard.services.inspection import InspectionResult, WorkerReport
 from dashboard.services.processes import free_port
 from dashboard.web import openapi
@@ -79,11 +82,9 @@ def open_config(broker_url: str | None = None) -> Config:
     return config
 
 
-def build_app(config: Config) -> Flask:
-    app = create_app(config, live=False)
+def build_app(config: Config, client: SendOnlyClient | None = None) -> Flask:
+    app = create_app(config, client=client, live=False)
     app.config["PROPAGATE_EXCEPTIONS"] = False  # a bug must show as the 500 a client would get, not a raise
-    if "openapi" not in app.blueprints:  # until dashboard.web.register does it
-        app.register_blueprint(openapi.bp)
     return app
 
 
@@ -325,6 +326,29 @@ def test_populated_answers_conform(app: Flask, path: str) -> None:
     response = API_SCHEMA[path]["GET"].Case().call_and_validate(checks=CHECKS)
 
     assert response.status_code == 200
+
+
+def test_a_catalog_task_whose_route_fails_is_listed_with_the_reason(document: dict[str, Any]) -> None:
+    # A client app with task_create_missing_queues off and a route to a queue it does not declare: Celery's
+    # router refuses that name. The catalog still answers 200, with the reason on that task alone.
+    config = dataclasses.replace(open_config(), routes={"worker.tasks.llm.*": {"queue": "nowhere"}})
+    settings = ClientSettings.from_config(config)
+    strict = SendOnlyClient(dataclasses.replace(settings, task_create_missing_queues=False,
+                                                task_queues=[kombu.Queue("default"), kombu.Queue("stt")]))
+    app = build_app(config, strict)
+    try:
+        response = app.test_client().get("/api/catalog")
+    finally:
+        close_app(app)
+
+    assert response.status_code == 200, response.data
+    body = response.get_json()
+    jsonschema.validate(body, {"$ref": "#/components/schemas/Catalog", "components": document["components"]})
+    tasks = {task["name"]: task for task in body["tasks"]}
+    broken = tasks["worker.tasks.llm.summarize_note"]
+    assert (broken["queue"], broken["route"]) == (None, None) and "nowhere" in broken["route_error"]
+    assert tasks["worker.tasks.stt.transcribe"]["queue"] == "default"  # no route left for it: the default
+    assert "route_error" not in tasks["worker.tasks.stt.transcribe"]
 
 
 def test_the_example_task_conforms(app: Flask, document: dict[str, Any]) -> None:
