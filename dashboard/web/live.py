@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flask import Blueprint, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
+from ..model.state import TaskView
 from ..services.hub import Batch, Subscriber
 from . import views
 from .runtime import Runtime, runtime
@@ -154,10 +155,9 @@ def tasks_update(rt: Runtime, filters: views.TaskFilters, shown: set[str], batch
         if filters.active or (unseen and filters.offset == 0):
             parts.append(_table(rt, filters, shown))
         else:
-            for key in changed:
-                task = rt.monitor.state.task(key) if key in shown else None
-                if task is not None:
-                    rows.append(views.task_row_fragment(task))
+            # Keyed by the path prefix too: the row's link is url_for's, which a proxy's X-Forwarded-Prefix moves.
+            rows += cached_tasks(rt, (key for key in changed if key in shown), f"row:{request.script_root}",
+                                 views.task_row_fragment)
     return ["".join(parts), "".join(rows)]
 
 
@@ -224,7 +224,7 @@ def events(ws: Any) -> None:
         return [_dumps(snapshot_message(rt, limit))]
 
     def update(batch: Batch) -> list[str]:
-        return [_dumps(message) for message in _messages(rt, batch, alerts_seen)]
+        return list(_messages(rt, batch, alerts_seen))
 
     _pump(ws, rt, snapshot, update, JSON_FRAME_SECONDS)
 
@@ -234,18 +234,16 @@ _sock.route("/ws/ui", bp=bp)(ui)
 _sock.route("/ws/events", bp=bp)(events)
 
 
-def _messages(rt: Runtime, batch: Batch, alerts_seen: list[int]) -> Iterator[dict[str, Any]]:
+def _messages(rt: Runtime, batch: Batch, alerts_seen: list[int]) -> Iterator[str]:
+    """One frame's JSON messages, encoded."""
     state = rt.monitor.state
     if batch.get("status") or batch.get("gap"):
-        yield status_message(rt)
+        yield _dumps(status_message(rt))
     for hostname in batch.get("worker"):
         worker = state.worker(hostname)
         if worker is not None:
-            yield worker_message(worker)
-    for task_id in batch.get("task"):
-        task = state.task(task_id)
-        if task is not None:
-            yield task_message(task)
+            yield _dumps(worker_message(worker))
+    yield from cached_tasks(rt, batch.get("task"), "json", lambda task: _dumps(task_message(task)))
     routing = rt.routing
     if routing is not None:
         if batch.get("alert"):
@@ -253,6 +251,27 @@ def _messages(rt: Runtime, batch: Batch, alerts_seen: list[int]) -> Iterator[dic
             # raised and cleared within one frame must still reach tools as both.
             changes, alerts_seen[0] = routing.changes_since(alerts_seen[0])
             for change in changes:
-                yield {"type": "alert", "status": change.status, **change.alert.to_dict()}
+                yield _dumps({"type": "alert", "status": change.status, **change.alert.to_dict()})
         if batch.get("routing") and routing.report is not None:
-            yield {"type": "routing", **routing.report.to_dict()}
+            yield _dumps({"type": "routing", **routing.report.to_dict()})
+
+
+def cached_tasks(rt: Runtime, task_ids: Iterable[str], kind: str, render: Callable[[TaskView], str]) -> list[str]:
+    """`render(task)` for each retained task of `task_ids` (in that order), from the app's cache when another
+    client already rendered that very snapshot: the versions under one lock, then only the missing snapshots."""
+    wanted = list(task_ids)
+    if not wanted:
+        return []
+    state, cache = rt.monitor.state, rt.rendered
+    out: dict[str, str] = {}
+    missing: list[str] = []
+    for task_id, version in state.task_versions(wanted).items():
+        found = cache.get((kind, task_id, version))
+        if found is None:
+            missing.append(task_id)
+        else:
+            out[task_id] = found
+    for task in state.tasks_by_id(missing):
+        text = out[task.id] = render(task)
+        cache.put((kind, task.id, task.version), text)
+    return [out[task_id] for task_id in wanted if task_id in out]

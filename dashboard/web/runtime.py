@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +24,40 @@ from ..services.stats import TaskStats
 EXTENSION_KEY = "dispatch_dashboard"
 
 
+class RenderCache:
+    """Rendered forms of task snapshots keyed by (kind, task id, version), shared by an app's websocket clients.
+
+    Dozens of clients pushing the same change render (encode, template) it once. A key names one snapshot
+    exactly, so nothing here is ever stale; the least recently used entries go beyond `size`.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._items: OrderedDict[tuple[str, str, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str, int]) -> str | None:
+        """The cached form, or None (counted as a miss)."""
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[str, str, int], value: str) -> None:
+        """Remember a rendered form."""
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
 @dataclass
 class Runtime:
     """What one dashboard app owns: its config, its send-only client and its live monitor."""
@@ -35,6 +71,7 @@ class Runtime:
     resync: Resync | None = None  # recovers what it can after each gap in the event stream
     stats: TaskStats = field(default_factory=TaskStats)
     audit: AuditLog | None = None  # every dispatch attempt is recorded here (None: auditing is off)
+    rendered: RenderCache = field(default_factory=RenderCache)  # task messages and rows, for the websockets
 
     def now(self) -> datetime:
         """The current time, timezone-aware."""

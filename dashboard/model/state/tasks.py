@@ -131,7 +131,7 @@ class TaskRecord:
         "id", "name", "state", "state_ts", "args", "kwargs", "queue", "exchange",
         "routing_key", "worker", "result", "exception", "traceback", "runtime",
         "retries", "eta", "expires", "root_id", "parent_id", "timeline", "details",
-        "not_registered",
+        "not_registered", "version",
     )  # fmt: skip
 
     def __init__(self, task_id: str, state: str, state_ts: float) -> None:
@@ -161,6 +161,7 @@ class TaskRecord:
         # (timestamp, code, text) for the rare events worth a note (retries, revokes).
         self.details: tuple[tuple[float, int, str], ...] = ()
         self.not_registered = False
+        self.version = 0  # events applied to this record: a snapshot's identity, for caches of rendered forms
 
 
 class TaskUpdater:
@@ -327,6 +328,7 @@ class TaskView:
     not_registered: bool
     timestamps: Mapping[str, float]
     timeline: tuple[TimelineEntry, ...]
+    version: int = 0  # how many events made this snapshot (not in to_dict: an internal cache key)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (the JSON API's task shape)."""
@@ -391,4 +393,5 @@ def task_view(task: TaskRecord, hosts: HostTable) -> TaskView:
         not_registered=task.not_registered,
         timestamps=MappingProxyType(timestamps),
         timeline=timeline,
+        version=task.version,
     )

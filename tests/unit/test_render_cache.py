@@ -1,0 +1,83 @@
+"""The websockets' shared render cache: snapshot versions in the state, the LRU, and cached_tasks (no broker)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+
+from dashboard import create_app
+from dashboard.config import config_from_mapping
+from dashboard.model.state import State, TaskView
+from dashboard.web.live import cached_tasks
+from dashboard.web.runtime import RenderCache, runtime
+
+T0 = 1_700_000_000.0
+
+
+def sent(state: State, task_id: str, at: float = T0) -> None:
+    state.apply({"type": "task-sent", "uuid": task_id, "name": "a.b", "queue": "q", "timestamp": at})
+
+
+def test_each_applied_event_makes_a_new_version() -> None:
+    state = State()
+    sent(state, "t1")
+    first = state.task("t1")
+    state.apply({"type": "task-started", "uuid": "t1", "hostname": "celery@w", "timestamp": T0 + 1})
+    second = state.task("t1")
+
+    assert first is not None and second is not None
+    assert (first.version, second.version) == (1, 2)
+    assert state.task_versions(["t1", "unknown"]) == {"t1": 2}
+
+
+def test_tasks_by_id_keeps_the_order_asked_and_skips_unknown_ids() -> None:
+    state = State()
+    for task_id in ("t1", "t2", "t3"):
+        sent(state, task_id)
+
+    assert [task.id for task in state.tasks_by_id(["t3", "nope", "t1"])] == ["t3", "t1"]
+
+
+def test_the_cache_drops_the_least_recently_used() -> None:
+    cache = RenderCache(size=2)
+    cache.put(("json", "a", 1), "A")
+    cache.put(("json", "b", 1), "B")
+    assert cache.get(("json", "a", 1)) == "A"  # a is now the most recent
+    cache.put(("json", "c", 1), "C")
+
+    assert cache.get(("json", "b", 1)) is None
+    assert (cache.get(("json", "a", 1)), cache.get(("json", "c", 1))) == ("A", "C")
+    assert (cache.hits, cache.misses) == (3, 1)
+
+
+@pytest.fixture
+def app() -> Iterator[Flask]:
+    config = config_from_mapping({"broker_url": "redis://127.0.0.1:1/0", "audit": {"path": ""}})
+    built = create_app(config, live=False)
+    yield built
+    rt = runtime(built)
+    rt.monitor.stop()
+    rt.client.close()
+
+
+def test_clients_share_a_rendering_until_the_task_changes(app: Flask) -> None:
+    rt = runtime(app)
+    sent(rt.monitor.state, "t1")
+    sent(rt.monitor.state, "t2")
+    renders: list[tuple[str, int]] = []
+
+    def render(task: TaskView) -> str:
+        renders.append((task.id, task.version))
+        return f"{task.id}@{task.state}"
+
+    first = cached_tasks(rt, ["t2", "t1", "gone"], "json", render)
+    second = cached_tasks(rt, ["t1", "t2"], "json", render)  # another client, same frame
+    rt.monitor.state.apply({"type": "task-started", "uuid": "t1", "hostname": "celery@w", "timestamp": T0 + 1})
+    third = cached_tasks(rt, ["t1", "t2"], "json", render)
+
+    assert first == ["t2@PENDING", "t1@PENDING"]
+    assert second == ["t1@PENDING", "t2@PENDING"]
+    assert third == ["t1@STARTED", "t2@PENDING"]
+    assert renders == [("t2", 1), ("t1", 1), ("t1", 2)]  # each snapshot rendered once
