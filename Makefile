@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_state_memory.py
 	$(BIN)/python bench/bench_routing.py
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_websockets.py
 
 # The README's screenshots, from the demo setup driven by Playwright (needs Chromium, like the tests).
 screenshots: $(STAMP) system-deps

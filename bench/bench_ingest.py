@@ -416,7 +416,7 @@ class Dashboard:
     """`dispatch-dashboard serve` as a child process in its own session, logging to a file."""
 
     def __init__(self, broker_url: str, max_tasks: int, workdir: Path, server: str,
-                 switch_interval: float | None = None, gc_log: bool = False) -> None:
+                 switch_interval: float | None = None, gc_log: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.config = workdir / "bench.toml"
         self.config.write_text(f'broker_url = "{broker_url}"\n\n[monitor]\nmax_tasks = {max_tasks}\n')
@@ -424,7 +424,7 @@ class Dashboard:
         script = Path(sys.executable).with_name("dispatch-dashboard")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "dashboard.cli"]
         self.argv = [*command, "serve", "--config", str(self.config), "--port", str(self.port),
-                     "--server", server, "--log-level", "warning"]
+                     "--server", server, "--log-level", "warning", *extra_args]
         # The config file must win: these variables would override it.
         env = {k: v for k, v in os.environ.items()
                if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DASHBOARD_CONFIG", "DASHBOARD_CLIENT_APP")}

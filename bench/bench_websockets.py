@@ -1,0 +1,189 @@
+"""How many live websocket clients one dashboard process holds, and how fast it pushes to them.
+
+Starts its own redis-server and `dispatch-dashboard serve` (gunicorn gthread, `--threads`), then, for each
+client count in `--clients` (ascending; clients stay connected between steps), opens `/ws/events?tasks=0`
+connections until that many are open and reports:
+
+- how many got their first message (the snapshot) within `--connect-timeout` seconds: a gthread worker holds
+  one thread per open websocket, so clients beyond `--threads` wait for a free thread;
+- the server process's RSS per connected client;
+- while task-sent events are published at `--rate` per second for `--seconds` (Celery's own event dispatcher,
+  as a client's send_task would): the share of tasks each client saw and the push latency, from the event's
+  timestamp to the message's arrival at the client (p50 / p95 / max over every client's messages).
+
+Figures only, nothing asserted. Usage: .venv/bin/python bench/bench_websockets.py [--clients 10,30,60,70]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import simple_websocket
+from celery import Celery
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ingest import ROOT, Dashboard, rss_bytes  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from dashboard.services.processes import RedisServer  # noqa: E402
+
+
+class Client(simple_websocket.Client):
+    """simple-websocket's client, minus its handshake race (a first frame read with the 101 answer waits for the
+    next read otherwise; tests/helpers.py has the same fix)."""
+
+    def handshake(self) -> None:
+        super().handshake()
+        if self.connected:
+            self.connected = self._handle_events()
+
+
+@dataclass
+class Listener:
+    """One websocket client on a thread of its own, recording when each task message arrived."""
+
+    url: str
+    snapshot_at: float | None = None
+    error: str | None = None
+    latencies: dict[str, float] = field(default_factory=dict)  # task id -> seconds from event to arrival
+    ws: Any = None
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.ws = Client.connect(self.url)
+            while True:
+                text = self.ws.receive(timeout=None)
+                now = time.time()
+                message = json.loads(text)
+                if message.get("type") == "snapshot":
+                    self.snapshot_at = now
+                elif message.get("type") == "task" and message.get("name") == "bench.ws":
+                    sent = message.get("timestamp")
+                    if isinstance(sent, (int, float)) and message["id"] not in self.latencies:
+                        self.latencies[message["id"]] = now - sent
+        except simple_websocket.ConnectionClosed:
+            return
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: one client's failure is a figure
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(Exception):  # already closed by the server, or never opened
+                self.ws.close()
+
+
+def publish(broker_url: str, rate: float, seconds: float) -> list[str]:
+    """task-sent events at `rate` per second for `seconds`; the ids sent."""
+    app = Celery("bench-ws", broker=broker_url, set_as_current=False)
+    sent: list[str] = []
+    with app.connection_for_write() as connection:
+        dispatcher = app.events.Dispatcher(connection, hostname="bench@publisher")
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            task_id = str(uuid.uuid4())
+            dispatcher.send("task-sent", uuid=task_id, name="bench.ws", args="()", kwargs="{}", queue="default",
+                            routing_key="default", exchange="", retries=0)
+            sent.append(task_id)
+            next_at = started + len(sent) / rate
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        dispatcher.close()
+    return sent
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", default="10,30,60,70", help="client counts, ascending (default 10,30,60,70)")
+    parser.add_argument("--threads", type=int, default=64, help="server threads (default 64, serve's default)")
+    parser.add_argument("--rate", type=float, default=200.0, help="task-sent events per second (default 200)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per step (default 5)")
+    parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for snapshots")
+    args = parser.parse_args()
+    steps = sorted({int(n) for n in args.clients.split(",") if n.strip()})
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ws-"))
+    redis = RedisServer(directory=workdir / "redis", log_path=workdir / "redis.log")
+    redis.start()
+    dash = Dashboard(redis.url(0), 10_000, workdir, "gunicorn", extra_args=("--threads", str(args.threads)))
+    listeners: list[Listener] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        dash.wait_live()
+        url = f"ws://127.0.0.1:{dash.port}/ws/events?tasks=0"
+        base_rss = rss_bytes(dash.server_pid)
+        print(f"dashboard on :{dash.port}, {args.threads} threads; idle RSS {base_rss / 2**20:.1f} MiB")
+        for target in steps:
+            opening = time.monotonic()
+            while len(listeners) < target:
+                listener = Listener(url)
+                listener.start()
+                listeners.append(listener)
+            deadline = opening + args.connect_timeout
+            while time.monotonic() < deadline and sum(lst.snapshot_at is not None for lst in listeners) < target:
+                time.sleep(0.05)
+            connected = [lst for lst in listeners if lst.snapshot_at is not None]
+            time.sleep(0.5)
+            rss = rss_bytes(dash.server_pid)
+            for listener in connected:
+                listener.latencies.clear()
+            sent = publish(redis.url(0), args.rate, args.seconds)
+            time.sleep(1.0)  # the last frames
+            wanted = set(sent)
+            seen_shares = [len(wanted & lst.latencies.keys()) / len(sent) for lst in connected]
+            latencies = [v for lst in connected for k, v in lst.latencies.items() if k in wanted]
+            row = {
+                "clients": target, "connected": len(connected),
+                "errors": sum(lst.error is not None for lst in listeners),
+                "rss_mib": rss / 2**20,
+                "rss_per_client_kib": (rss - base_rss) / max(1, len(connected)) / 1024,
+                "events": len(sent), "seen_min": min(seen_shares, default=0.0),
+                "seen_mean": statistics.fmean(seen_shares) if seen_shares else 0.0,
+                "p50_ms": percentile(latencies, 0.5) * 1000, "p95_ms": percentile(latencies, 0.95) * 1000,
+                "max_ms": max(latencies, default=float("nan")) * 1000,
+            }
+            rows.append(row)
+            print(f"  {target:4d} clients: {row['connected']:4d} got a snapshot within {args.connect_timeout:g} s; "
+                  f"RSS {row['rss_mib']:.1f} MiB; {len(sent)} events -> p50 {row['p50_ms']:.1f} ms, "
+                  f"p95 {row['p95_ms']:.1f} ms, max {row['max_ms']:.1f} ms; min share seen {row['seen_min']:.0%}",
+                  flush=True)
+    finally:
+        for listener in listeners:
+            listener.close()
+        dash.close()
+        redis.stop()
+
+    print()
+    print(f"{'clients':>8} {'connected':>10} {'RSS MiB':>8} {'KiB/client':>11} {'seen (min/mean)':>16} "
+          f"{'p50 ms':>7} {'p95 ms':>7} {'max ms':>7}")
+    for row in rows:
+        print(f"{row['clients']:>8} {row['connected']:>10} {row['rss_mib']:>8.1f} {row['rss_per_client_kib']:>11.0f} "
+              f"{row['seen_min']:>7.0%} / {row['seen_mean']:<6.0%} {row['p50_ms']:>7.1f} {row['p95_ms']:>7.1f} "
+              f"{row['max_ms']:>7.1f}")
+    print(f"(rate {args.rate:g} task-sent events/s for {args.seconds:g} s per step; latency: event timestamp to "
+          "arrival at the client, over every client's messages)")
+
+
+if __name__ == "__main__":
+    main()
