@@ -8,8 +8,11 @@ connections until that many are open and reports:
   one thread per open websocket, so clients beyond `--threads` wait for a free thread;
 - the server process's RSS per connected client;
 - while task-sent events are published at `--rate` per second for `--seconds` (Celery's own event dispatcher,
-  as a client's send_task would): the share of tasks each client saw and the push latency, from the event's
-  timestamp to the message's arrival at the client (p50 / p95 / max over every client's messages).
+  as a client's send_task would): the server's CPU, the share of tasks each client saw and the push latency,
+  from publishing to the task's first arrival at the client (p50 / p95 / max over every client's tasks).
+
+`--path /ws/ui?view=tasks` measures the tasks page's socket instead (HTML fragments; a task counts as arrived
+when a row naming it does).
 
 Figures only, nothing asserted. Usage: .venv/bin/python bench/bench_websockets.py [--clients 10,30,60,70]
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -33,10 +37,12 @@ import simple_websocket
 from celery import Celery
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import ROOT, Dashboard, rss_bytes  # noqa: E402
+from bench_ingest import ROOT, Dashboard, cpu_seconds, rss_bytes  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from dashboard.services.processes import RedisServer  # noqa: E402
+
+TASK_ID_ATTR = re.compile(r'data-task-id="([^"]+)"')
 
 
 class Client(simple_websocket.Client):
@@ -56,7 +62,7 @@ class Listener:
     url: str
     snapshot_at: float | None = None
     error: str | None = None
-    latencies: dict[str, float] = field(default_factory=dict)  # task id -> seconds from event to arrival
+    arrivals: dict[str, float] = field(default_factory=dict)  # task id -> when the client first saw it
     ws: Any = None
     thread: threading.Thread | None = None
 
@@ -67,16 +73,20 @@ class Listener:
     def _run(self) -> None:
         try:
             self.ws = Client.connect(self.url)
+            html = "/ws/ui" in self.url
             while True:
                 text = self.ws.receive(timeout=None)
                 now = time.time()
+                if self.snapshot_at is None:
+                    self.snapshot_at = now  # the first message is the snapshot, on both sockets
+                    continue
+                if html:  # the tasks page: rows (and whole tables) name their tasks in data-task-id
+                    for task_id in TASK_ID_ATTR.findall(text):
+                        self.arrivals.setdefault(task_id, now)
+                    continue
                 message = json.loads(text)
-                if message.get("type") == "snapshot":
-                    self.snapshot_at = now
-                elif message.get("type") == "task" and message.get("name") == "bench.ws":
-                    sent = message.get("timestamp")
-                    if isinstance(sent, (int, float)) and message["id"] not in self.latencies:
-                        self.latencies[message["id"]] = now - sent
+                if message.get("type") == "task" and message.get("name") == "bench.ws":
+                    self.arrivals.setdefault(message["id"], now)
         except simple_websocket.ConnectionClosed:
             return
         except Exception as exc:  # noqa: BLE001 - reported, not raised: one client's failure is a figure
@@ -88,10 +98,10 @@ class Listener:
                 self.ws.close()
 
 
-def publish(broker_url: str, rate: float, seconds: float) -> list[str]:
-    """task-sent events at `rate` per second for `seconds`; the ids sent."""
+def publish(broker_url: str, rate: float, seconds: float) -> dict[str, float]:
+    """task-sent events at `rate` per second for `seconds`; when each id was sent."""
     app = Celery("bench-ws", broker=broker_url, set_as_current=False)
-    sent: list[str] = []
+    sent: dict[str, float] = {}
     with app.connection_for_write() as connection:
         dispatcher = app.events.Dispatcher(connection, hostname="bench@publisher")
         started = time.monotonic()
@@ -99,7 +109,7 @@ def publish(broker_url: str, rate: float, seconds: float) -> list[str]:
             task_id = str(uuid.uuid4())
             dispatcher.send("task-sent", uuid=task_id, name="bench.ws", args="()", kwargs="{}", queue="default",
                             routing_key="default", exchange="", retries=0)
-            sent.append(task_id)
+            sent[task_id] = time.time()
             next_at = started + len(sent) / rate
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -120,6 +130,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="task-sent events per second (default 200)")
     parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per step (default 5)")
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for snapshots")
+    parser.add_argument("--path", default="/ws/events?tasks=0",
+                        help="the websocket: /ws/events?tasks=0 (default) or /ws/ui?view=tasks (the tasks page)")
     args = parser.parse_args()
     steps = sorted({int(n) for n in args.clients.split(",") if n.strip()})
 
@@ -131,7 +143,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     try:
         dash.wait_live()
-        url = f"ws://127.0.0.1:{dash.port}/ws/events?tasks=0"
+        url = f"ws://127.0.0.1:{dash.port}{args.path}"
         base_rss = rss_bytes(dash.server_pid)
         print(f"dashboard on :{dash.port}, {args.threads} threads; idle RSS {base_rss / 2**20:.1f} MiB")
         for target in steps:
@@ -147,25 +159,26 @@ def main() -> None:
             time.sleep(0.5)
             rss = rss_bytes(dash.server_pid)
             for listener in connected:
-                listener.latencies.clear()
+                listener.arrivals.clear()
+            cpu_before = cpu_seconds(dash.server_pid)
             sent = publish(redis.url(0), args.rate, args.seconds)
+            cpu = (cpu_seconds(dash.server_pid) - cpu_before) / args.seconds
             time.sleep(1.0)  # the last frames
-            wanted = set(sent)
-            seen_shares = [len(wanted & lst.latencies.keys()) / len(sent) for lst in connected]
-            latencies = [v for lst in connected for k, v in lst.latencies.items() if k in wanted]
+            seen_shares = [len(sent.keys() & lst.arrivals.keys()) / len(sent) for lst in connected]
+            latencies = [at - sent[k] for lst in connected for k, at in lst.arrivals.items() if k in sent]
             row = {
                 "clients": target, "connected": len(connected),
                 "errors": sum(lst.error is not None for lst in listeners),
                 "rss_mib": rss / 2**20,
                 "rss_per_client_kib": (rss - base_rss) / max(1, len(connected)) / 1024,
-                "events": len(sent), "seen_min": min(seen_shares, default=0.0),
+                "events": len(sent), "cpu": cpu, "seen_min": min(seen_shares, default=0.0),
                 "seen_mean": statistics.fmean(seen_shares) if seen_shares else 0.0,
                 "p50_ms": percentile(latencies, 0.5) * 1000, "p95_ms": percentile(latencies, 0.95) * 1000,
                 "max_ms": max(latencies, default=float("nan")) * 1000,
             }
             rows.append(row)
             print(f"  {target:4d} clients: {row['connected']:4d} got a snapshot within {args.connect_timeout:g} s; "
-                  f"RSS {row['rss_mib']:.1f} MiB; {len(sent)} events -> p50 {row['p50_ms']:.1f} ms, "
+                  f"RSS {row['rss_mib']:.1f} MiB; CPU {cpu:.0%}; {len(sent)} events -> p50 {row['p50_ms']:.1f} ms, "
                   f"p95 {row['p95_ms']:.1f} ms, max {row['max_ms']:.1f} ms; min share seen {row['seen_min']:.0%}",
                   flush=True)
     finally:
@@ -175,14 +188,15 @@ def main() -> None:
         redis.stop()
 
     print()
-    print(f"{'clients':>8} {'connected':>10} {'RSS MiB':>8} {'KiB/client':>11} {'seen (min/mean)':>16} "
+    print(f"{'clients':>8} {'connected':>10} {'RSS MiB':>8} {'KiB/client':>11} {'CPU':>5} {'seen (min/mean)':>16} "
           f"{'p50 ms':>7} {'p95 ms':>7} {'max ms':>7}")
     for row in rows:
         print(f"{row['clients']:>8} {row['connected']:>10} {row['rss_mib']:>8.1f} {row['rss_per_client_kib']:>11.0f} "
+              f"{row['cpu']:>5.0%} "
               f"{row['seen_min']:>7.0%} / {row['seen_mean']:<6.0%} {row['p50_ms']:>7.1f} {row['p95_ms']:>7.1f} "
               f"{row['max_ms']:>7.1f}")
-    print(f"(rate {args.rate:g} task-sent events/s for {args.seconds:g} s per step; latency: event timestamp to "
-          "arrival at the client, over every client's messages)")
+    print(f"(path {args.path}; rate {args.rate:g} task-sent events/s for {args.seconds:g} s per step; latency: "
+          "publish to first arrival at the client, over every client's tasks; CPU: the server process)")
 
 
 if __name__ == "__main__":
