@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import render_template
+from flask import render_template, request
+from markupsafe import Markup
 
 from ..exceptions import BrokerUnavailable
 from ..model.catalog import task_name_problem
@@ -87,11 +88,24 @@ def workers_fragment(rt: Runtime) -> str:
 
 
 def task_table_fragment(rt: Runtime, filters: TaskFilters) -> tuple[str, list[TaskView]]:
-    """The tasks table (#task-table) and the tasks it shows."""
+    """The tasks table (#task-table) and the tasks it shows.
+
+    Rows come from the app's render cache when any page or socket already rendered that snapshot of the task:
+    a table re-sent to many viewers as tasks stream in renders each row once.
+    """
     tasks, total = rt.monitor.state.tasks(filters.state, filters.name, filters.queue, filters.worker,
                                           filters.limit, filters.offset)
-    html = render_template("partials/task_table.html", tasks=tasks, total=total, filters=filters,
-                           counts=rt.monitor.state.counts(), dom_id=dom_id)
+    kind = f"row-inline:{request.script_root}"  # the row's link is url_for's, which a proxy prefix moves
+    rows: list[Markup] = []
+    for task in tasks:
+        key = (kind, task.id, task.version)
+        row = rt.rendered.get(key)
+        if row is None:
+            row = render_template("partials/task_row.html", task=task, dom_id=dom_id, oob=False)
+            rt.rendered.put(key, row)
+        rows.append(Markup(row))  # our own template's output: everything from the task was escaped there
+    html = render_template("partials/task_table.html", tasks=tasks, rows=rows, total=total, filters=filters,
+                           counts=rt.monitor.state.counts())
     return html, tasks
 
 

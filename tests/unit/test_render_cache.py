@@ -10,6 +10,7 @@ from flask import Flask
 from dashboard import create_app
 from dashboard.config import config_from_mapping
 from dashboard.model.state import State, TaskView
+from dashboard.web import views
 from dashboard.web.live import cached_tasks
 from dashboard.web.runtime import RenderCache, runtime
 
@@ -81,3 +82,34 @@ def test_clients_share_a_rendering_until_the_task_changes(app: Flask) -> None:
     assert second == ["t1@PENDING", "t2@PENDING"]
     assert third == ["t1@STARTED", "t2@PENDING"]
     assert renders == [("t2", 1), ("t1", 1), ("t1", 2)]  # each snapshot rendered once
+
+
+def test_the_tasks_table_takes_its_rows_from_the_cache(app: Flask) -> None:
+    rt = runtime(app)
+    for task_id in ("t1", "t2"):
+        sent(rt.monitor.state, task_id)
+    filters = views.TaskFilters()
+
+    with app.test_request_context("/tasks"):
+        first, _ = views.task_table_fragment(rt, filters)
+        misses = rt.rendered.misses
+        second, _ = views.task_table_fragment(rt, filters)  # another viewer, nothing changed
+        rt.monitor.state.apply({"type": "task-started", "uuid": "t1", "hostname": "celery@w", "timestamp": T0 + 1})
+        third, _ = views.task_table_fragment(rt, filters)
+
+    assert misses == 2 and rt.rendered.misses == 3  # both rows once, then only the row that changed
+    assert second == first
+    assert third.count('data-state="STARTED"') == 1 and third.count('data-state="PENDING"') == 1
+    assert third.index('data-task-id="t2"') < third.index('data-task-id="t1"')  # newest first, as ever
+
+
+def test_rows_are_cached_per_path_prefix(app: Flask) -> None:
+    rt = runtime(app)
+    sent(rt.monitor.state, "t1")
+
+    with app.test_request_context("/tasks"):
+        plain, _ = views.task_table_fragment(rt, views.TaskFilters())
+    with app.test_request_context("/tasks", base_url="http://localhost/ops"):
+        prefixed, _ = views.task_table_fragment(rt, views.TaskFilters())
+
+    assert 'href="/tasks/t1"' in plain and 'href="/ops/tasks/t1"' in prefixed
