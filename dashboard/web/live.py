@@ -155,8 +155,7 @@ def tasks_update(rt: Runtime, filters: views.TaskFilters, shown: set[str], batch
         if filters.active or (unseen and filters.offset == 0):
             parts.append(_table(rt, filters, shown))
         else:
-            # Keyed by the path prefix too: the row's link is url_for's, which a proxy's X-Forwarded-Prefix moves.
-            rows += cached_tasks(rt, (key for key in changed if key in shown), f"row:{request.script_root}",
+            rows += cached_tasks(rt, (key for key in changed if key in shown), views.row_kind(oob=True),
                                  views.task_row_fragment)
     return ["".join(parts), "".join(rows)]
 
@@ -272,6 +271,5 @@ def cached_tasks(rt: Runtime, task_ids: Iterable[str], kind: str, render: Callab
         else:
             out[task_id] = found
     for task in state.tasks_by_id(missing):
-        text = out[task.id] = render(task)
-        cache.put((kind, task.id, task.version), text)
+        out[task.id] = cache.render(kind, task, render)
     return [out[task_id] for task_id in wanted if task_id in out]

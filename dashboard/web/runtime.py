@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from ..config import Config
 from ..exceptions import BrokerUnavailable, DispatchRefused, RoutingError
 from ..model.dispatch import DispatchRequest
+from ..model.state import TaskView
 from ..services.audit import AuditLog, DispatchAttempt
 from ..services.client import Resolution, SendOnlyClient, SentTask
 from ..services.monitor import Monitor
@@ -56,6 +57,15 @@ class RenderCache:
             self._items.move_to_end(key)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
+
+    def render(self, kind: str, task: TaskView, render: Callable[[TaskView], str]) -> str:
+        """`render(task)`, or what it gave for this very snapshot (same kind, task id and version) before."""
+        key = (kind, task.id, task.version)
+        found = self.get(key)
+        if found is None:
+            found = render(task)
+            self.put(key, found)
+        return found
 
 
 @dataclass

@@ -95,15 +95,8 @@ def task_table_fragment(rt: Runtime, filters: TaskFilters) -> tuple[str, list[Ta
     """
     tasks, total = rt.monitor.state.tasks(filters.state, filters.name, filters.queue, filters.worker,
                                           filters.limit, filters.offset)
-    kind = f"row-inline:{request.script_root}"  # the row's link is url_for's, which a proxy prefix moves
-    rows: list[Markup] = []
-    for task in tasks:
-        key = (kind, task.id, task.version)
-        row = rt.rendered.get(key)
-        if row is None:
-            row = render_template("partials/task_row.html", task=task, dom_id=dom_id, oob=False)
-            rt.rendered.put(key, row)
-        rows.append(Markup(row))  # our own template's output: everything from the task was escaped there
+    # Our own template's output: everything from the task was escaped there.
+    rows = [Markup(rt.rendered.render(row_kind(oob=False), task, _inline_row)) for task in tasks]
     html = render_template("partials/task_table.html", tasks=tasks, rows=rows, total=total, filters=filters,
                            counts=rt.monitor.state.counts())
     return html, tasks
@@ -112,6 +105,16 @@ def task_table_fragment(rt: Runtime, filters: TaskFilters) -> tuple[str, list[Ta
 def task_row_fragment(task: TaskView) -> str:
     """One row of the tasks table, swapped by its id."""
     return render_template("partials/task_row.html", task=task, dom_id=dom_id, oob=True)
+
+
+def _inline_row(task: TaskView) -> str:
+    return render_template("partials/task_row.html", task=task, dom_id=dom_id, oob=False)
+
+
+def row_kind(*, oob: bool) -> str:
+    """The render cache's kind for a task row: with the path prefix, since the row's link is url_for's and a
+    proxy's X-Forwarded-Prefix moves it."""
+    return f"row{'-oob' if oob else ''}:{request.script_root}"
 
 
 def task_detail_fragment(rt: Runtime, task_id: str) -> str:
