@@ -267,27 +267,32 @@ class State:
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         with self._lock:
-            if state is None and name is None and queue is None and worker is None:
+            given = self._given_filters(state, name, queue, worker)
+            if not given:
                 total = len(self._order)
                 page = list(islice(reversed(self._order), offset, offset + limit))
-            elif sum(value is not None for value in (state, name, queue, worker)) == 1:
+            elif len(given) == 1:
                 # One filter: the total is a counter the state keeps, and the page stops the scan early.
-                attribute, value, counts = next(
-                    (attribute, value, counts) for attribute, value, counts in (
-                        ("state", state, self._by_state), ("name", name, self._by_name),
-                        ("queue", queue, self._by_queue), ("worker", worker, self._by_worker),
-                    ) if value is not None
-                )
+                attribute, value, counts = given[0]
                 total = counts.get(value, 0)
                 read = attrgetter(attribute)
                 matching = (task for task in reversed(self._order) if read(task) == value)
                 page = list(islice(matching, offset, offset + limit)) if total > offset else []
             else:
-                page, total = self._matching_page(state, name, queue, worker, limit, offset)
+                page, total = self._matching_page(state, name, queue, worker, given, limit, offset)
             return [task_view(task, self._hosts) for task in page], total
 
+    def _given_filters(
+        self, state: str | None, name: str | None, queue: str | None, worker: str | None
+    ) -> list[tuple[str, str, dict[str, int]]]:
+        """(attribute, value, per-value counts) of each filter given (call under the lock)."""
+        candidates = (("state", state, self._by_state), ("name", name, self._by_name),
+                      ("queue", queue, self._by_queue), ("worker", worker, self._by_worker))
+        return [(attribute, value, counts) for attribute, value, counts in candidates if value is not None]
+
     def _matching_page(
-        self, state: str | None, name: str | None, queue: str | None, worker: str | None, limit: int, offset: int
+        self, state: str | None, name: str | None, queue: str | None, worker: str | None,
+        given: list[tuple[str, str, dict[str, int]]], limit: int, offset: int,
     ) -> tuple[list[TaskRecord], int]:
         """One page of matching tasks newest first, and how many match (call under the lock).
 
@@ -295,10 +300,8 @@ class State:
         indexes would cost more memory per task than the whole timeline does; per-value counts are kept (see
         tasks()), and one that is zero answers at once.
         """
-        for value, counts in ((state, self._by_state), (name, self._by_name), (queue, self._by_queue),
-                              (worker, self._by_worker)):
-            if value is not None and not counts.get(value):
-                return [], 0
+        if any(not counts.get(value) for _attribute, value, counts in given):
+            return [], 0
         page: list[TaskRecord] = []
         total = 0
         end = offset + limit
