@@ -134,6 +134,7 @@ def config_from_mapping(
     transport_options = data.get("broker_transport_options", {})
     if not isinstance(transport_options, dict):
         raise fail("[broker_transport_options] must be a table")
+    audit_path, audit_retention_days = _audit(data.get("audit", {}), env, fail)
     return Config(
         broker_url=broker_url,
         result_backend=result_backend,
@@ -147,8 +148,8 @@ def config_from_mapping(
         source=source,
         auth=parse_auth(data.get("auth", {}), fail),
         secret_key=_secret_key(data, env, fail),
-        audit_path=_audit_path(data.get("audit", {}), env, fail),
-        audit_retention_days=_audit_retention(data.get("audit", {}), fail),
+        audit_path=audit_path,
+        audit_retention_days=audit_retention_days,
         trusted_proxies=proxies,
     )
 
@@ -161,8 +162,12 @@ def _secret_key(data: Mapping[str, Any], env: Mapping[str, str], fail: Any) -> s
     return key
 
 
-def _audit_path(raw: Any, env: Mapping[str, str], fail: Any) -> str:
-    """$DASHBOARD_AUDIT_PATH, else [audit] path, else the XDG state directory; "" (off) when none is known."""
+def _audit(raw: Any, env: Mapping[str, str], fail: Any) -> tuple[str, float | None]:
+    """The [audit] table: (path, retention_days).
+
+    path: $DASHBOARD_AUDIT_PATH, else [audit] path, else the XDG state directory; "" (off) when none is known.
+    retention_days: entries older than this many days are deleted (absent or 0: kept for ever, None).
+    """
     if not isinstance(raw, dict):
         raise fail("[audit] must be a table")
     extra = sorted(set(raw) - AUDIT_KEYS)
@@ -176,16 +181,11 @@ def _audit_path(raw: Any, env: Mapping[str, str], fail: Any) -> str:
     if path is None:
         default = default_path(env)
         path = str(default) if default is not None else ""
-    return path
-
-
-def _audit_retention(raw: Mapping[str, Any], fail: Any) -> float | None:
-    """[audit] retention_days: entries older than this many days are deleted (absent or 0: kept for ever)."""
     days = raw.get("retention_days", 0)
     if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 <= days <= MAX_RETENTION_DAYS:
         raise fail(f"[audit] retention_days must be a number of days between 0 (keep for ever) and "
                    f"{MAX_RETENTION_DAYS}")
-    return float(days) if days else None
+    return path, (float(days) if days else None)
 
 
 def _string(data: Mapping[str, Any], key: str, fail: Any, default: str) -> str:
