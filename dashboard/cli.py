@@ -104,10 +104,29 @@ def check_exposure(config: Config, host: str, insecure_no_auth: bool) -> None:
                "anyone who can reach it can dispatch tasks and control workers", err=True)
 
 
+def with_default_hosts(config: Config, host: str) -> Config:
+    """Without [server] allowed_hosts: the loopback names, plus the address served on (and this machine's
+    name when serving on every address), so a foreign name pointed here (DNS rebinding) gets a 400."""
+    import dataclasses
+
+    from .model.auth import LOOPBACK_NAMES, host_name
+
+    if config.server.allowed_hosts is not None:
+        return config
+    hosts = list(LOOPBACK_NAMES)
+    if host in ("0.0.0.0", "::", ""):
+        hosts.append(socket.gethostname().lower())
+    else:
+        hosts.append(host_name(f"[{host}]" if ":" in host else host))
+    server = dataclasses.replace(config.server, allowed_hosts=tuple(dict.fromkeys(hosts)))
+    return dataclasses.replace(config, server=server)
+
+
 def run_server(config: Config, options: ServerOptions, client: SendOnlyClient | None = None) -> None:
     """Build the app and serve it until interrupted."""
     from . import create_app
 
+    config = with_default_hosts(config, options.host)
     try:
         app = create_app(config, client=client)
     except DashboardError as exc:

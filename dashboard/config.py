@@ -29,15 +29,17 @@ ENV_BROKER = "CELERY_BROKER_URL"
 ENV_BACKEND = "CELERY_RESULT_BACKEND"
 ENV_SECRET = "DASHBOARD_SECRET_KEY"
 ENV_AUDIT_PATH = "DASHBOARD_AUDIT_PATH"
+ENV_ALLOWED_HOSTS = "DASHBOARD_ALLOWED_HOSTS"
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 MAX_TRUSTED_PROXIES = 5
 MAX_RETENTION_DAYS = 36_500
 AUDIT_KEYS = frozenset({"path", "retention_days"})
+SERVER_KEYS = frozenset({"allowed_hosts", "max_websockets", "max_websockets_per_client", "request_timeout"})
 ROUTE_KEYS = frozenset({"queue", "exchange", "exchange_type", "routing_key", "priority"})
 TOP_LEVEL_KEYS = frozenset(
     {"broker_url", "result_backend", "task_default_queue", "routes", "tasks", "monitor", "client_app",
-     "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit", "trusted_proxies"}
+     "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit", "trusted_proxies", "server"}
 )
 
 
@@ -48,6 +50,16 @@ class MonitorSettings:
     inspect_interval: float = 10.0
     alert_grace: float = 30.0
     max_tasks: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The [server] table: which Host names are this dashboard, and the per-process limits on connections."""
+
+    allowed_hosts: tuple[str, ...] | None = None  # None: loopback names, plus the address `serve` binds to
+    max_websockets: int = 1000  # open websockets per serving process; past it a new one is refused at once
+    max_websockets_per_client: int = 50  # per user (or per client address when anonymous)
+    request_timeout: float = 10.0  # seconds a client has to send a whole request (head and body)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,7 @@ class Config:
     audit_path: str | None = None  # the SQLite audit log (":memory:" allowed); "" or None: auditing off
     audit_retention_days: float | None = None  # audit entries older than this are deleted; None: kept for ever
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Prefix are believed
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
 def load_config(
@@ -151,6 +164,37 @@ def config_from_mapping(
         audit_path=audit_path,
         audit_retention_days=audit_retention_days,
         trusted_proxies=proxies,
+        server=_server(data.get("server", {}), env, fail),
+    )
+
+
+def _server(raw: Any, env: Mapping[str, str], fail: Any) -> ServerSettings:
+    """The [server] table; $DASHBOARD_ALLOWED_HOSTS (comma-separated) overrides allowed_hosts."""
+    if not isinstance(raw, dict):
+        raise fail("[server] must be a table")
+    extra = sorted(set(raw) - SERVER_KEYS)
+    if extra:
+        raise fail(f"[server]: unknown key(s) {', '.join(extra)}; use {', '.join(sorted(SERVER_KEYS))}")
+    hosts: Any = raw.get("allowed_hosts")
+    if ENV_ALLOWED_HOSTS in env:
+        hosts = [part.strip() for part in env[ENV_ALLOWED_HOSTS].split(",") if part.strip()]
+    if hosts is not None and (not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts)):
+        raise fail('[server] allowed_hosts must be a list of host names, like ["dash.example.com"] ("*": any)')
+    defaults = ServerSettings()
+    limits: dict[str, int] = {}
+    for key in ("max_websockets", "max_websockets_per_client"):
+        value = raw.get(key, getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+            raise fail(f"[server] {key} must be a whole number from 1 to 100000")
+        limits[key] = value
+    timeout = raw.get("request_timeout", defaults.request_timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.5 <= timeout <= 300:
+        raise fail("[server] request_timeout must be a number of seconds from 0.5 to 300")
+    return ServerSettings(
+        tuple(h.strip().lower() for h in hosts) if hosts is not None else None,
+        limits["max_websockets"],
+        limits["max_websockets_per_client"],
+        float(timeout),
     )
 
 

@@ -90,16 +90,65 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def same_origin(origin: str | None, host_url: str) -> bool:
-    """True when the Origin header is absent (not a browser) or names this very scheme, host and port."""
+def same_origin(origin: str | None, host_url: str, fetch_site: str | None = None) -> bool:
+    """True when the Origin header is absent (not a browser) or names this very scheme, host and port.
+
+    "null" is what a browser sends for a plain form POST when the page's referrer policy withholds the origin
+    (Chromium does so under `no-referrer`), and also from sandboxed frames and data: URLs: it passes only when
+    the browser's own fetch metadata says the request is same-origin (`Sec-Fetch-Site`, which no page can set).
+    """
+    if fetch_site in ("cross-site", "same-site"):
+        return False
     if origin is None:
         return True
     if origin == "null":
-        return False
+        return fetch_site == "same-origin"
     got, want = urlsplit(origin), urlsplit(host_url)
     ws_schemes = {"ws": "http", "wss": "https"}
     want_scheme = ws_schemes.get(want.scheme, want.scheme)
     return (got.scheme, got.netloc.lower()) == (want_scheme, want.netloc.lower())
+
+
+def safe_redirect_path(target: str, fallback: str) -> str:
+    """`target` when it is a path on this site, else `fallback` (no open redirect after login).
+
+    Browsers drop tabs and newlines from URLs and read a backslash as a slash, so a tab between two slashes or
+    a leading slash-backslash would leave the site: any control character, whitespace or backslash refuses the target.
+    """
+    if len(target) > 2048 or not target.startswith("/") or target.startswith("//"):
+        return fallback
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch == "\\" for ch in target):
+        return fallback
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return fallback
+    return target
+
+
+LOOPBACK_NAMES: Final[tuple[str, ...]] = ("localhost", "127.0.0.1", "[::1]", "::1", "ip6-localhost")
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header, lower-cased, without the port (IPv6 literals keep their brackets)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 0 else host
+    name, _, _port = host.partition(":")
+    return name.rstrip(".")
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """True when the request's Host names this dashboard: an exact name of `allowed`, a `.suffix` entry's
+    subdomain, or anything for "*". Refusing other names stops DNS rebinding (a foreign name resolving here)."""
+    name = host_name(host)
+    if not name:
+        return False
+    for entry in allowed:
+        entry = entry.lower()
+        if entry == "*" or entry == name or (entry.startswith(".") and (name.endswith(entry) or name == entry[1:])):
+            return True
+    return False
 
 
 def role_allows(role: Role, needs: Role) -> bool:

@@ -16,6 +16,7 @@ import base64
 import functools
 import hmac
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -36,7 +37,20 @@ from flask.sessions import SecureCookieSessionInterface
 from werkzeug.security import check_password_hash, generate_password_hash
 from werkzeug.wrappers.response import Response as BaseResponse
 
-from ..model.auth import ANONYMOUS, AuthSettings, CredentialCache, Identity, Role, role_allows, same_origin
+from ..model.auth import (
+    ANONYMOUS,
+    LOOPBACK_NAMES,
+    AuthSettings,
+    CredentialCache,
+    Identity,
+    Role,
+    host_allowed,
+    role_allows,
+    safe_redirect_path,
+    same_origin,
+)
+from ..model.throttle import LoginThrottle, throttle_keys
+from ..services.sessions import SessionRevocations
 from .runtime import runtime
 
 bp = Blueprint("auth", __name__)
@@ -46,6 +60,27 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 _CACHE_KEY = "dispatch_dashboard_credentials"
+_GATE_KEY = "dispatch_dashboard_login_gate"
+HASHES_AT_ONCE = 2  # password hashes (scrypt: ~32 MiB each) computed at once per process
+HASH_WAIT_SECONDS = 2.0  # how long a login waits for a hashing slot before it is told to retry
+
+
+class LoginGate:
+    """What stands between a password guess and the password hash: a throttle per client address and user
+    name, and a bound on how many hashes run at once (each costs memory and CPU)."""
+
+    def __init__(self, broker_url: str | None) -> None:
+        self.throttle = LoginThrottle()
+        self.hashing = threading.BoundedSemaphore(HASHES_AT_ONCE)
+        self.revocations = SessionRevocations(broker_url)
+
+
+class TooManyAttempts(Exception):
+    """A login was throttled; `retry_after` says when to try again."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed logins: try again in {max(1, round(retry_after))} s")
+        self.retry_after = max(1, round(retry_after))
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -63,6 +98,7 @@ def install(app: Flask, settings: AuthSettings, secret_key: str | None) -> None:
                       PERMANENT_SESSION_LIFETIME=int(settings.session_hours * 3600))
     app.session_interface = _SessionInterface()
     app.extensions[_CACHE_KEY] = CredentialCache(secrets.token_bytes(32))
+    app.extensions[_GATE_KEY] = LoginGate(runtime(app).config.broker_url if settings.enabled else None)
     app.register_blueprint(bp)
     app.before_request(_guard)
 
@@ -96,12 +132,44 @@ def identify() -> Identity | None | bool:
         return Identity(token.name, token.role, "bearer") if token else False
     if not settings.enabled:
         return Identity(ANONYMOUS, "operator", "open")
-    name, started = session.get("user"), session.get("since")
-    if isinstance(name, str) and isinstance(started, (int, float)):
+    name, started, sid = session.get("user"), session.get("since"), session.get("sid")
+    if isinstance(name, str) and isinstance(started, (int, float)) and isinstance(sid, str):
         user = settings.user(name)
-        if user is not None and time.time() - started < settings.session_hours * 3600:
+        if user is not None and time.time() - started < settings.session_hours * 3600 \
+                and not _gate().revocations.revoked(sid):
             return Identity(user.name, user.role, "session")
     return None
+
+
+def _gate() -> LoginGate:
+    gate: LoginGate = current_app.extensions[_GATE_KEY]
+    return gate
+
+
+def check_password(name: str, password: str) -> Identity | None:
+    """The user `name` if `password` is theirs; throttled per client address and name (TooManyAttempts), and
+    at most HASHES_AT_ONCE hashes at a time. Unknown names cost a hash too: timing must not reveal names."""
+    gate = _gate()
+    keys = throttle_keys(request.remote_addr, name)
+    wait = gate.throttle.wait(keys, time.monotonic())
+    if wait > 0:
+        raise TooManyAttempts(wait)
+    if not gate.hashing.acquire(timeout=HASH_WAIT_SECONDS):
+        raise TooManyAttempts(HASH_WAIT_SECONDS)
+    try:
+        user = _settings().user(name)
+        if user is None:
+            _spend_a_hash(password)
+            ok = False
+        else:
+            ok = check_password_hash(user.password_hash, password)
+    finally:
+        gate.hashing.release()
+    if not ok or user is None:
+        gate.throttle.failed(keys, time.monotonic())
+        return None
+    gate.throttle.succeeded(keys)
+    return Identity(user.name, user.role, "session")
 
 
 def _basic(settings: AuthSettings, encoded: str) -> Identity | None:
@@ -110,21 +178,18 @@ def _basic(settings: AuthSettings, encoded: str) -> Identity | None:
     except (ValueError, UnicodeDecodeError):
         return None
     name, sep, password = decoded.partition(":")
-    if not sep:
-        return None
-    user = settings.user(name)
-    if user is None:
-        _spend_a_hash(password)  # as long as a wrong password: response times must not reveal user names
+    if not sep or len(name) > 128 or len(password) > 1024:
         return None
     cache: CredentialCache = current_app.extensions[_CACHE_KEY]
     digest = cache.digest(name, password)
     role = cache.get(digest)
     if role is None:
-        if not check_password_hash(user.password_hash, password):
+        checked = check_password(name, password)
+        if checked is None:
             return None
-        role = user.role
+        role = checked.role
         cache.put(digest, role)
-    return Identity(user.name, role, "basic")
+    return Identity(name, role, "basic")
 
 
 def _wants_json() -> bool:
@@ -152,17 +217,24 @@ def _needs(endpoint: str | None, method: str) -> Role:
 
 
 def _guard() -> Any:
-    """Runs before every request: origin, identity, role, CSRF."""
+    """Runs before every request: host, origin, identity, role, CSRF."""
     endpoint = request.endpoint
     unsafe = request.method not in SAFE_METHODS
     is_websocket = request.environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+    if not host_allowed(request.host, allowed_hosts()):
+        return _deny(400, "this dashboard does not answer to that host name: add it to [server] allowed_hosts")
     if (unsafe or is_websocket) and not _same_origin():
         return _deny(403, "cross-site request refused: open the dashboard itself and try again")
-    if endpoint in PUBLIC_ENDPOINTS or endpoint is None:
+    if endpoint in PUBLIC_ENDPOINTS or (endpoint is None and not _settings().enabled):
         if unsafe and endpoint == "auth.login" and not _csrf_ok():
             return _deny(403, "the form expired (CSRF token missing or wrong): reload the page and try again")
         return None
-    who = identify()
+    try:
+        who = identify()
+    except TooManyAttempts as exc:
+        return _throttled(exc)
+    if who is not None and who is not False and endpoint is None:
+        return None  # a path or method that does not exist: its 404 or 405, now that the requester is known
     if who is False:
         return _deny(401, "wrong user name, password or token")
     if who is None:
@@ -176,12 +248,21 @@ def _guard() -> Any:
     return None
 
 
+def allowed_hosts() -> tuple[str, ...]:
+    """[server] allowed_hosts, else the loopback names."""
+    configured = runtime().config.server.allowed_hosts
+    return configured if configured is not None else LOOPBACK_NAMES
+
+
+def _throttled(exc: TooManyAttempts) -> BaseResponse:
+    response = current_app.make_response(_deny(429, str(exc)))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
 def _same_origin() -> bool:
     """Browsers say where a request comes from; anything but this origin is refused."""
-    site = request.headers.get("Sec-Fetch-Site")
-    if site in ("cross-site", "same-site"):
-        return False
-    return same_origin(request.headers.get("Origin"), request.host_url)
+    return same_origin(request.headers.get("Origin"), request.host_url, request.headers.get("Sec-Fetch-Site"))
 
 
 def _from_browser() -> bool:
@@ -215,32 +296,41 @@ def login() -> Any:
         return redirect(target)
     error = None
     status = 200
+    retry_after = None
     if request.method == "POST":
         name = request.form.get("name", "")[:128]
         password = request.form.get("password", "")[:1024]
-        user = settings.user(name)
-        if user is None:
-            _spend_a_hash(password)
-        elif check_password_hash(user.password_hash, password):
+        try:
+            who = check_password(name, password)
+        except TooManyAttempts as exc:
+            who, retry_after = None, exc.retry_after
+            error, status = f"Too many failed logins: try again in {exc.retry_after} s.", 429
+        else:
+            error, status = "Wrong user name or password.", 401
+        if who is not None:
             session.clear()
             session.permanent = True
-            session["user"] = user.name
+            session["user"] = who.name
             session["since"] = time.time()
+            session["sid"] = secrets.token_urlsafe(18)
             csrf_token()
             return redirect(target)
-        error, status = "Wrong user name or password.", 401
-    return render_template("pages/login.html", error=error, next=target), status
+    response = current_app.make_response((render_template("pages/login.html", error=error, next=target), status))
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 @bp.post("/logout")
 def logout() -> BaseResponse:
-    """End the session."""
+    """End the session, here and on every replica (the session id is refused from now on)."""
+    sid, started = session.get("sid"), session.get("since")
+    if isinstance(sid, str) and isinstance(started, (int, float)):
+        _gate().revocations.revoke(sid, started + _settings().session_hours * 3600)
     session.clear()
     return redirect(url_for("auth.login"))
 
 
 def _safe_next(target: str) -> str:
     """Only local paths: never redirect to another site after login."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("pages.index")
+    return safe_redirect_path(target, url_for("pages.index"))

@@ -93,6 +93,7 @@ def build_app(*, with_auth: bool = True) -> Flask:
         "audit": {"path": ""},
         "routes": {"worker.tasks.llm.*": "llm"},
         "tasks": {"worker.tasks.llm.summarize_note": {"params": [{"name": "note_id", "required": True}]}},
+        "server": {"allowed_hosts": ["localhost", "dash.example"]},
     }
     if with_auth:
         data["auth"] = AUTH
@@ -168,8 +169,8 @@ def params(routes: list[Route]) -> list[Any]:
     return [pytest.param(r, id=r.id) for r in routes]
 
 
-@pytest.fixture(scope="module")
-def app() -> Iterator[Flask]:
+@pytest.fixture
+def app() -> Iterator[Flask]:  # one per test: failed logins are throttled per app
     built = build_app()
     try:
         yield built
@@ -443,7 +444,8 @@ def test_login_from_another_site_is_refused(client: FlaskClient) -> None:
     assert response.status_code == 403
 
 
-@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x"])
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x",
+                                    "/\t/evil.example", "/\n/evil.example", "/\r\nSet-Cookie: a=b"])
 def test_login_never_redirects_to_another_site(client: FlaskClient, target: str) -> None:
     token = csrf_of(client.get("/login").data)
 
@@ -452,6 +454,89 @@ def test_login_never_redirects_to_another_site(client: FlaskClient, target: str)
 
     assert response.status_code == 302
     assert response.headers["Location"] == "/", response.headers["Location"]
+
+
+def test_login_form_with_origin_null_from_the_same_origin_logs_in(client: FlaskClient) -> None:
+    # What Chromium sends for a plain form POST when the page withholds its origin (no-referrer policy)
+    token = csrf_of(client.get("/login").data)
+    browser = {"Origin": "null", "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "navigate"}
+
+    response = client.post("/login", headers=browser,
+                           data={"csrf_token": token, "name": OPERATOR, "password": OPERATOR_PASSWORD, "next": "/"})
+
+    assert response.status_code == 302, response.data[:300]
+    assert client.get("/api/status").status_code == 200
+    refused = client.post("/logout", headers={"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+                          data={"csrf_token": csrf_of(client.get("/").data)})
+    assert refused.status_code == 403, "a null origin from another site (a sandboxed frame) is still refused"
+
+
+@pytest.mark.parametrize("query", ["next=/%09/evil.example", "next=/%0a/evil.example", "next=/%0d%0aX:%20y"])
+def test_a_redirect_target_with_control_characters_goes_home(open_app: Flask, query: str) -> None:
+    response = open_app.test_client().get(f"/login?{query}")
+
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/", response.headers["Location"]
+
+
+def test_a_session_cookie_is_dead_after_logout(client: FlaskClient, app: Flask) -> None:
+    token = log_in(client, OPERATOR, OPERATOR_PASSWORD)
+    cookie = client.get_cookie("dispatch_dashboard_session")
+    assert cookie is not None
+
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 302
+
+    replay = app.test_client()  # someone who copied the cookie before the logout
+    replay.set_cookie("dispatch_dashboard_session", cookie.value)
+    assert replay.get("/api/status").status_code == 401
+    dispatch = replay.post("/api/dispatch", json=DISPATCH, headers={"X-CSRF-Token": token})
+    assert dispatch.status_code == 401, dispatch.data
+
+
+def test_failed_logins_are_throttled_per_user_name(client: FlaskClient) -> None:
+    token = csrf_of(client.get("/login").data)
+    codes = [client.post("/login", data={"csrf_token": token, "name": OPERATOR, "password": f"guess-{n}"},
+                         environ_base={"REMOTE_ADDR": f"10.0.0.{n}"}).status_code for n in range(8)]
+
+    assert codes[:5] == [401] * 5, codes
+    assert 429 in codes[5:], codes
+    throttled = client.post("/login", data={"csrf_token": token, "name": OPERATOR, "password": OPERATOR_PASSWORD})
+    assert throttled.status_code == 429, "even the right password waits out the throttle"
+    assert int(throttled.headers["Retry-After"]) >= 1
+    assert b"try again in" in throttled.data
+
+
+def test_wrong_basic_passwords_are_throttled_per_address(client: FlaskClient) -> None:
+    codes = [client.get("/api/status", headers=basic(f"user-{n}", "wrong")).status_code for n in range(8)]
+
+    assert codes[:5] == [401] * 5, codes
+    assert codes[-1] == 429, codes
+    other = client.get("/api/status", headers=basic(VIEWER, VIEWER_PASSWORD),
+                       environ_base={"REMOTE_ADDR": "10.9.9.9"})
+    assert other.status_code == 200, "another address is not held back"
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_unknown_methods_from_anonymous_get_401_not_405(client: FlaskClient, method: str) -> None:
+    assert client.open("/api/dispatch", method=method).status_code == 401
+    assert client.open("/api/dispatch", method=method, headers=basic(VIEWER, VIEWER_PASSWORD)).status_code == 405
+
+
+@pytest.mark.parametrize("host", ["rebind.evil.test", "rebind.evil.test:5000", "localhost.evil.test"])
+def test_dns_rebinding_a_foreign_host_gets_400(open_app: Flask, host: str) -> None:
+    client = open_app.test_client()
+    page = client.get("/", headers={"Host": host})
+    assert page.status_code == 400
+    assert b"allowed_hosts" in page.data
+    origin = f"http://{host}"
+    dispatch = client.post("/api/dispatch", json=DISPATCH, headers={"Host": host, "Origin": origin})
+    assert dispatch.status_code == 400
+
+
+def test_a_foreign_host_gets_400_with_auth_on_too(client: FlaskClient) -> None:
+    response = client.get("/api/status", headers={**basic(OPERATOR, OPERATOR_PASSWORD), "Host": "rebind.evil.test"})
+
+    assert response.status_code == 400
 
 
 def test_login_session_survives_a_new_app_with_the_same_secret_key(client: FlaskClient) -> None:
@@ -532,7 +617,9 @@ def test_security_headers(client: FlaskClient, url: str) -> None:
     assert directives.get("base-uri") == ["'none'"], csp
     assert response.headers.get("X-Content-Type-Options") == "nosniff"
     assert response.headers.get("X-Frame-Options") == "DENY"
-    assert response.headers.get("Referrer-Policy") == "no-referrer"
+    # same-origin: a plain form POST carries its Origin (under no-referrer Chromium sends "null"); no referrer
+    # ever leaves the site
+    assert response.headers.get("Referrer-Policy") == "same-origin"
     if response.mimetype == "text/html":
         assert response.headers.get("Cache-Control") == "no-store"
 

@@ -44,6 +44,7 @@ def build(tmp_path: Path, proxies: int) -> Flask:
         "auth": {"users": [{"name": OPERATOR, "password_hash": generate_password_hash(PASSWORD, "pbkdf2:sha256:1000"),
                             "role": "operator"}]},
         "trusted_proxies": proxies,
+        "server": {"allowed_hosts": ["localhost", "dash.example"]},
     }
     app = create_app(config_from_mapping(data), live=False)
     app.testing = True

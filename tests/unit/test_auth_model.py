@@ -254,6 +254,24 @@ def test_same_origin(origin: str | None, host_url: str, expected: bool) -> None:
     assert same_origin(origin, host_url) is expected
 
 
+@pytest.mark.parametrize(
+    ("origin", "fetch_site", "expected"),
+    [
+        # Chromium's plain form POST under a no-referrer policy: Origin null, but the browser attests same-origin
+        pytest.param("null", "same-origin", True, id="null-same-origin-form"),
+        pytest.param("null", "cross-site", False, id="null-cross-site"),
+        pytest.param("null", "same-site", False, id="null-same-site"),
+        pytest.param("null", "none", False, id="null-typed-url"),
+        pytest.param("null", None, False, id="null-no-metadata"),
+        pytest.param(None, "cross-site", False, id="no-origin-but-cross-site"),
+        pytest.param("http://127.0.0.1:5000", "same-origin", True, id="real-origin"),
+        pytest.param("http://127.0.0.1:5000", "cross-site", False, id="metadata-wins"),
+    ],
+)
+def test_same_origin_with_fetch_metadata(origin: str | None, fetch_site: str | None, expected: bool) -> None:
+    assert same_origin(origin, "http://127.0.0.1:5000/", fetch_site) is expected
+
+
 # --- roles and identities -----------------------------------------------------------------------------
 
 

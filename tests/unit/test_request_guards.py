@@ -1,0 +1,92 @@
+"""Pure request guards: redirect targets, Host allow-lists and the failed-login throttle."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard.model.auth import LOOPBACK_NAMES, host_allowed, host_name, safe_redirect_path
+from dashboard.model.throttle import LoginThrottle, throttle_keys
+
+HOME = "/"
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        pytest.param("/tasks?state=FAILURE", "/tasks?state=FAILURE", id="local-path"),
+        pytest.param("/ops/tasks", "/ops/tasks", id="prefixed-path"),
+        pytest.param("", HOME, id="empty"),
+        pytest.param("tasks", HOME, id="relative"),
+        pytest.param("//evil.example", HOME, id="scheme-relative"),
+        pytest.param("/\t/evil.example", HOME, id="tab-between-slashes"),
+        pytest.param("/\n/evil.example", HOME, id="newline-between-slashes"),
+        pytest.param("/\r\nSet-Cookie: x=1", HOME, id="header-injection"),
+        pytest.param("/\\evil.example", HOME, id="backslash"),
+        pytest.param("/ /evil.example", HOME, id="space"),
+        pytest.param("/\x00/evil.example", HOME, id="nul"),
+        pytest.param("https://evil.example/", HOME, id="absolute"),
+        pytest.param("/" + "a" * 5000, HOME, id="too-long"),
+    ],
+)
+def test_safe_redirect_path(target: str, expected: str) -> None:
+    assert safe_redirect_path(target, HOME) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed", "expected"),
+    [
+        pytest.param("127.0.0.1:5000", LOOPBACK_NAMES, True, id="loopback-with-port"),
+        pytest.param("localhost", LOOPBACK_NAMES, True, id="localhost"),
+        pytest.param("[::1]:5000", LOOPBACK_NAMES, True, id="ipv6-loopback"),
+        pytest.param("rebind.evil.test:5000", LOOPBACK_NAMES, False, id="dns-rebinding"),
+        pytest.param("localhost.evil.test", LOOPBACK_NAMES, False, id="suffix-trick"),
+        pytest.param("", LOOPBACK_NAMES, False, id="empty"),
+        pytest.param("Dash.Example.COM", ("dash.example.com",), True, id="case-insensitive"),
+        pytest.param("dash.example.com.", ("dash.example.com",), True, id="trailing-dot"),
+        pytest.param("a.dash.example.com", (".dash.example.com",), True, id="subdomain-entry"),
+        pytest.param("dash.example.com", (".dash.example.com",), True, id="subdomain-entry-itself"),
+        pytest.param("evildash.example.com", (".dash.example.com",), False, id="not-a-subdomain"),
+        pytest.param("anything.example", ("*",), True, id="wildcard"),
+    ],
+)
+def test_host_allowed(host: str, allowed: tuple[str, ...], expected: bool) -> None:
+    assert host_allowed(host, allowed) is expected
+
+
+def test_host_name_strips_the_port() -> None:
+    assert host_name("Example.com:8080") == "example.com"
+    assert host_name("[::1]:8080") == "[::1]"
+
+
+def test_throttle_allows_a_few_failures_then_doubles_the_wait() -> None:
+    throttle = LoginThrottle(free=3, base=1.0, ceiling=8.0, window=100.0)
+    keys = throttle_keys("10.0.0.1", "op")
+    for second in range(3):
+        assert throttle.wait(keys, float(second)) == 0
+        throttle.failed(keys, float(second))
+    assert throttle.wait(keys, 2.0) == pytest.approx(1.0)  # the 3rd failure at t=2: wait 1 s
+    throttle.failed(keys, 3.0)
+    assert throttle.wait(keys, 3.0) == pytest.approx(2.0)
+    for _ in range(10):
+        throttle.failed(keys, 3.0)
+    assert throttle.wait(keys, 3.0) == pytest.approx(8.0)  # capped
+
+
+def test_throttle_counts_each_key_and_forgets_after_a_quiet_window() -> None:
+    throttle = LoginThrottle(free=1, base=5.0, window=60.0)
+    throttle.failed(throttle_keys("10.0.0.1", "op"), 0.0)
+    throttle.failed(throttle_keys("10.0.0.2", "op"), 0.0)  # another address, the same user name
+    assert throttle.wait(throttle_keys("10.0.0.3", "op"), 1.0) > 0  # the name is throttled from anywhere
+    assert throttle.wait(throttle_keys("10.0.0.3", "viewer"), 1.0) == 0
+    assert throttle.wait(throttle_keys("10.0.0.1", "op"), 61.0) == 0
+
+
+def test_throttle_success_clears_and_memory_is_bounded() -> None:
+    throttle = LoginThrottle(free=0, capacity=100)
+    keys = throttle_keys("10.0.0.1", "op")
+    throttle.failed(keys, 0.0)
+    throttle.succeeded(keys)
+    assert throttle.wait(keys, 0.0) == 0
+    for number in range(1000):
+        throttle.failed(throttle_keys(None, f"made-up-{number}"), 0.0)
+    assert len(throttle) == 100
