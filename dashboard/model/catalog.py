@@ -113,6 +113,8 @@ class ParamSpec:
                     return json.loads(text)
                 except json.JSONDecodeError as exc:
                     raise InvalidValue(f"must be valid JSON ({exc.msg} at position {exc.pos})") from None
+                except ValueError:  # an integer of more than 4300 digits
+                    raise InvalidValue("holds a number too long to read") from None
                 except RecursionError:
                     raise InvalidValue("is nested too deeply") from None
 

@@ -91,7 +91,7 @@ def parse_api_body(body: Any, catalog: Catalog, now: datetime) -> DispatchReques
     errors: dict[str, str] = {}
     unknown = sorted(set(body) - {"name", "args", "kwargs", "options", "force"})
     if unknown:
-        errors[""] = f"unknown field(s) {', '.join(map(repr, unknown))}; expected name, args, kwargs, options, force"
+        errors[""] = f"unknown field(s) {shown_names(unknown)}; expected name, args, kwargs, options, force"
     name = body.get("name")
     if problem := task_name_problem(name):
         errors["name"] = problem
@@ -176,6 +176,21 @@ def _parse_param_fields(spec: TaskSpec, form: Mapping[str, str], errors: dict[st
     return kwargs
 
 
+SHOWN_NAME_CHARS = 60  # a name echoed in an error message is cut here: never echo (or scan) a megabyte back
+SHOWN_NAMES = 5
+
+
+def shown_key(name: str) -> str:
+    """A client-chosen name as an error message may echo it: at most SHOWN_NAME_CHARS characters."""
+    return name if len(name) <= SHOWN_NAME_CHARS else name[:SHOWN_NAME_CHARS] + "…"
+
+
+def shown_names(names: list[str]) -> str:
+    """The first few client-chosen names, each cut short, quoted, for an error message."""
+    shown = ", ".join(repr(shown_key(str(name))) for name in names[:SHOWN_NAMES])
+    return shown + (f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else "")
+
+
 def _parse_json_field(
     text: str, key: str, kind: type[list[Any]] | type[dict[str, Any]], example: str, errors: dict[str, str]
 ) -> Any:
@@ -186,6 +201,9 @@ def _parse_json_field(
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         errors[key] = f"is not valid JSON ({exc.msg} at position {exc.pos}); enter {example}"
+        return kind()
+    except ValueError:  # Python refuses integers of more than 4300 digits (int_max_str_digits)
+        errors[key] = f"holds a number too long to read; enter {example}"
         return kind()
     except RecursionError:
         errors[key] = "is nested too deeply"
@@ -202,7 +220,7 @@ def _check_kwarg_names(kwargs: Mapping[str, Any], errors: dict[str, str]) -> Non
     """Keyword names must be Python identifiers, or the worker cannot call the task with them."""
     bad = [key for key in kwargs if not key.isidentifier()]
     if bad:
-        errors["kwargs"] = f"keyword names must be identifiers; not {', '.join(map(repr, bad[:5]))}"
+        errors["kwargs"] = f"keyword names must be identifiers; not {shown_names(bad)}"
 
 
 def _check_catalog_call(
@@ -218,9 +236,9 @@ def _check_catalog_call(
     for key, value in kwargs.items():
         if spec.param(key) is None:
             known = ", ".join(p.name for p in spec.params) or "none"
-            errors[f"kwargs.{key}"] = f"is not a parameter of {spec.name} (parameters: {known})"
+            errors[f"kwargs.{shown_key(key)}"] = f"is not a parameter of {spec.name} (parameters: {known})"
         elif key in bound:
-            errors[f"kwargs.{key}"] = "is given both positionally and by keyword"
+            errors[f"kwargs.{shown_key(key)}"] = "is given both positionally and by keyword"
         else:
             bound[key] = value
     checked_args: list[Any] = []
@@ -249,7 +267,7 @@ def _parse_options(raw: Mapping[str, Any], now: datetime, errors: dict[str, str]
     """Check queue/countdown/eta/expires/priority; `typed` is False for form text."""
     unknown = sorted(set(raw) - set(OPTION_NAMES))
     if unknown:
-        errors["options"] = f"unknown option(s) {', '.join(map(repr, unknown))}; expected {', '.join(OPTION_NAMES)}"
+        errors["options"] = f"unknown option(s) {shown_names(unknown)}; expected {', '.join(OPTION_NAMES)}"
     queue = raw.get("queue")
     if queue is not None:
         if not isinstance(queue, str) or not queue.strip():

@@ -279,6 +279,8 @@ form_data = st.tuples(
 @example(data={"form_id": "dispatch-1", "arg.note_id": "n", "opt.countdown": "-1e10"}, htmx=False)
 @example(data={"form_id": "dispatch-raw", "name": "worker.tasks.x", "args": "[" * 50_000}, htmx=True)
 @example(data={"form_id": "dispatch-raw", "name": "worker.tasks.x", "opt.priority": "1e3"}, htmx=True)
+@example(data={"form_id": "dispatch-raw", "name": "worker.tasks.x", "args": "[" + "7" * 5000 + "]"}, htmx=False)
+@example(data={"form_id": "dispatch-raw", "name": "worker.tasks.x", "kwargs": '{"a": ' + "7" * 5000 + "}"}, htmx=True)
 def test_dispatch_form_never_5xx(client: FlaskClient, data: dict[str, str], htmx: bool) -> None:
     headers = {"HX-Request": "true"} if htmx else {}
 
@@ -287,6 +289,36 @@ def test_dispatch_form_never_5xx(client: FlaskClient, data: dict[str, str], htmx
     assert seen(response) in FORM_STATUSES, describe(response)
 
 
+
+
+@pytest.mark.parametrize("field", ["args", "kwargs"])
+def test_dispatch_form_with_a_5000_digit_number_is_a_422(client: FlaskClient, field: str) -> None:
+    number = "7" * 5000  # more digits than Python converts (int_max_str_digits): once a 500
+    text = f"[{number}]" if field == "args" else f'{{"n": {number}}}'
+
+    response = client.post("/dispatch", data={"form_id": "dispatch-raw", "name": "worker.tasks.x", field: text},
+                           headers={"HX-Request": "true"})
+
+    assert response.status_code == 422, describe(response)
+    assert b"too long" in response.data
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("where", ["option", "field", "kwarg"])
+def test_a_huge_unknown_name_is_refused_briefly(client: FlaskClient, where: str) -> None:
+    huge = "a" * 200_000  # once: the 400 echoed it and masking it took minutes, holding the GIL
+    body: dict[str, Any] = {"name": "worker.tasks.x", "force": True}
+    if where == "option":
+        body["options"] = {huge: 1}
+    elif where == "field":
+        body[huge] = 1
+    else:
+        body["kwargs"] = {huge + "-not-an-identifier": 1, "x-" * 1000: 2}
+
+    response = client.post("/api/dispatch", json=body)
+
+    assert response.status_code == 400, describe(response)
+    assert len(response.data) < 2000, "the message echoes a short prefix of the name, never all of it"
 
 
 @pytest.mark.parametrize("countdown", [1e12, -1e12, 1e300, 2**63, -(10**20)])

@@ -90,3 +90,19 @@ def test_throttle_success_clears_and_memory_is_bounded() -> None:
     for number in range(1000):
         throttle.failed(throttle_keys(None, f"made-up-{number}"), 0.0)
     assert len(throttle) == 100
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "text",
+    ["a" * 1_000_000, "x://" + "a:" * 300_000, "a://b:" * 100_000, "http://u:p@h " * 10 + "a" * 500_000],
+    ids=["letters", "one-scheme-many-colons", "many-schemes", "urls-then-letters"],
+)
+def test_masking_is_linear_in_the_input(text: str) -> None:
+    # Once quadratic: 30 000 letters took 5 s, a megabyte would take hours (pytest-timeout fails it).
+    from dashboard.model.secrets import MASK, mask_text
+
+    masked = mask_text(text)
+
+    assert "u:p@" not in masked
+    assert len(masked) >= len(text) - 100 or MASK in masked
