@@ -6,6 +6,7 @@ import fnmatch
 import importlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,12 @@ from ..model.secrets import mask_text, mask_url
 log = logging.getLogger(__name__)
 
 STALE_CONNECTION_WINDOW = 0.5  # a failure faster than this was a dead pooled connection, not a slow broker
+# Publishes in flight at once. kombu's producer pool (broker_pool_limit, 10) makes any more wait for a free
+# connection without a deadline: against a hung broker 100 concurrent dispatches queued for 20 s. Past this
+# bound a dispatch waits at most SLOT_WAIT_SECONDS for a slot, then fails with a clear 503, so every answer
+# comes within about broker_timeout + SLOT_WAIT_SECONDS.
+MAX_PUBLISHES_AT_ONCE = 8
+SLOT_WAIT_SECONDS = 0.5
 
 # redis-py raises its own ConnectionError/TimeoutError, which kombu does not always wrap.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, KombuError, OSError, TimeoutError)
@@ -160,6 +167,7 @@ class SendOnlyClient:
         self.app = build_send_only_app(settings)
         self.results = build_result_app(settings)
         self._globs = _glob_sources(settings.task_routes)
+        self._slots = threading.BoundedSemaphore(MAX_PUBLISHES_AT_ONCE)
 
     @property
     def broker_display(self) -> str:
@@ -221,6 +229,11 @@ class SendOnlyClient:
         options = request.options.as_celery_options()
         options["queue"] = resolution.queue
         started = time.monotonic()
+        if not self._slots.acquire(timeout=min(SLOT_WAIT_SECONDS, self.settings.timeout)):
+            message = (f"the broker at {self.broker_display} is not answering: {MAX_PUBLISHES_AT_ONCE} dispatches "
+                       "are already waiting on it; nothing was sent")
+            log.warning("dispatch of %s refused: %s", request.name, message)
+            raise BrokerUnavailable(message)
         try:
             task_id = self._publish(request, options)
         except BROKER_ERRORS as exc:
@@ -232,6 +245,8 @@ class SendOnlyClient:
                 message += "; it may still have been stored: check the queue or the task list before sending again"
             log.warning("dispatch of %s failed: %s", request.name, message)
             raise BrokerUnavailable(message) from None
+        finally:
+            self._slots.release()
         return SentTask(task_id, request.name, resolution, time.time(), request.options)
 
     def _publish(self, request: DispatchRequest, options: dict[str, Any]) -> str:

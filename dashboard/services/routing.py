@@ -28,6 +28,7 @@ from ..model.secrets import mask_text
 from ..model.state import WorkerView
 from .broker import BrokerInspector
 from .client import BROKER_ERRORS, SendOnlyClient
+from .events import BrokerStatus
 from .inspection import InspectionResult, WorkerInspector, WorkerReport
 from .monitor import Monitor
 
@@ -341,9 +342,14 @@ class RoutingService:
             return (self.history[-missed:] if missed > 0 else []), total
 
     def guard(self, name: str, queue: str) -> Guard:
-        """Would this dispatch land where nobody takes it? Judged from the latest inspection."""
+        """Would this dispatch land where nobody takes it? Judged from the latest inspection.
+
+        Nothing can be said before the first inspection, nor while the event stream is down: heartbeats stop
+        then and every worker looks offline, but the broker's own answer (a 503, or the task accepted) is the
+        truth the sender needs, not a "no consumer" guessed from silence.
+        """
         report = self.report
-        if report is None:
+        if report is None or self.monitor.status.status is not BrokerStatus.LIVE:
             return Guard(queue, False, False, known=False)
         online = [view for view in self.monitor.state.workers() if view.online]
         with self._lock:

@@ -31,6 +31,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ UNREACHABLE_BOUND = 2.0  # "broker unreachable" shown after the kill
 RESUME_BOUND = 5.0  # stream, poller, depths and dispatch back after Redis answers again
 REFUSED_DISPATCH_BOUND = 3.0  # POST /api/dispatch -> 503 while Redis refuses connections
 HUNG_DISPATCH_BOUND = 5.0  # POST /api/dispatch -> 503 while the broker accepts TCP and never answers
+BROKER_TIMEOUT = 2.0  # the configs here keep the default broker_timeout
+CONCURRENT_DISPATCHES = 100  # against a hung broker, each must answer within broker_timeout + 1 s
 GAP_SHOWN_BOUND = 10.0  # a pub/sub cut shows in /metrics, /api/status and the page after the dashboard runs again
 SLACK = 2.0
 PAGE_BOUND = 2.0  # a page or /api/status during the outage (they read memory only)
@@ -571,6 +574,20 @@ def test_hung_broker(tmp_path: Path) -> None:
                 report(f"hung broker: GET {path} -> {reply.status}", reply.elapsed, PAGE_BOUND)
                 assert reply.status == 200, (path, reply.status, reply.body[:300])
                 assert reply.elapsed <= PAGE_BOUND + SLACK
+            # 100 at once: kombu's producer pool once queued them without a deadline (p50 12 s, max 20 s)
+            body = dispatch_body(TRANSCRIBE, {"audio_url": "https://a"})
+            with ThreadPoolExecutor(CONCURRENT_DISPATCHES) as pool:
+                futures = [pool.submit(request, server, "POST", "/api/dispatch", body)
+                           for _ in range(CONCURRENT_DISPATCHES)]
+                health = request(server, "GET", "/healthz")
+                replies = [future.result() for future in futures]
+            slowest = max(reply.elapsed for reply in replies)
+            report(f"hung broker: slowest of {CONCURRENT_DISPATCHES} concurrent dispatches", slowest,
+                   BROKER_TIMEOUT + 1.0)
+            report("hung broker: /healthz among them", health.elapsed, PAGE_BOUND)
+            assert {reply.status for reply in replies} == {503}, {reply.status for reply in replies}
+            assert slowest <= BROKER_TIMEOUT + 1.0 + SLACK
+            assert health.status == 200 and health.elapsed <= PAGE_BOUND + SLACK
             status = get_json(server, "/api/status")
             print(f"[outage] hung broker: /api/status broker={status['broker']!r} detail={status['detail']!r} "
                   f"({hung.accepted} TCP connections accepted)")

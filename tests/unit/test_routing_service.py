@@ -87,3 +87,15 @@ def test_a_reader_that_fell_behind_the_history_gets_what_is_left(
 
     assert seen == 3
     assert [change.alert.task for change in changes] == ["a.two", "a.three"]
+
+
+def test_the_guard_says_nothing_while_the_event_stream_is_not_live(service: RoutingService) -> None:
+    # Once a dispatch during a broker outage got 409 "no online worker consumes the queue" (the heartbeats had
+    # expired) instead of the broker's own 503: silence is not evidence that nobody consumes.
+    service.run_comparison()  # a report exists: no worker online, nobody consumes anything
+    assert service.report is not None
+    assert service.monitor.status.status.value != "live"
+
+    guard = service.guard("worker.tasks.anything", "some-queue")
+
+    assert not guard.known and not guard.blocks
