@@ -97,6 +97,12 @@ class EventListener:
         self._probe = probe
         self._idle_probe_seconds = idle_probe_seconds
         self._last_seen = time.monotonic()
+        # The latest moment (clock() time) up to which no event can have been missed: the send time of the
+        # newest event read (workers' heartbeats keep it within a couple of seconds). When the stream is found
+        # cut, events were lost from about then, not from when the cut was noticed: a subscriber that Redis
+        # dropped for falling behind first reads what was buffered, for seconds. A successful probe proves
+        # nothing here: it runs on its own connection, and after a stall it runs before the backlog is read.
+        self.sure_until: float | None = None
         self._last_probe = time.monotonic()
 
     def start(self) -> None:
@@ -155,6 +161,12 @@ class EventListener:
 
     def _handle(self, event: Mapping[str, Any]) -> None:
         self._last_seen = time.monotonic()
+        sent = event.get("timestamp")
+        if isinstance(sent, (int, float)) and not isinstance(sent, bool):
+            # the sender's clock, never later than ours: a skewed worker clock must not hide a gap
+            sure = min(float(sent), self._clock())
+            if self.sure_until is None or sure > self.sure_until:
+                self.sure_until = sure
         self._on_event(event)
 
     def _check_alive(self) -> None:

@@ -13,6 +13,8 @@ Readers (pages, API, websockets) call the State's snapshot methods, which copy u
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import threading
@@ -39,15 +41,20 @@ JOB_RETRY_SECONDS = 1.0  # a job the broker failed runs again this soon, not a w
 
 @dataclass
 class Gap:
-    """A time when events may have been lost: the stream was cut and came back."""
+    """A time when events may have been lost: from `started` (the last moment the stream was known whole: the
+    newest event's send time, or a successful probe) to `ended` (subscribed again); `detected` is when the cut
+    was noticed, `resynced` when the recovery of task states after it finished."""
 
     started: float
     ended: float | None = None
     reason: str = ""
+    detected: float | None = None
+    resynced: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"started": self.started, "ended": self.ended, "reason": self.reason}
+        return {"started": self.started, "ended": self.ended, "reason": self.reason, "detected": self.detected,
+                "resynced": self.resynced}
 
 
 @dataclass
@@ -92,7 +99,8 @@ class Monitor:
         self._last_enable_events: float | None = None  # monotonic time of the last broadcast; None: never
         self._jobs_thread: threading.Thread | None = None
         self._wake_jobs = threading.Event()
-        self.gaps: list[Gap] = []
+        self._gaps: list[Gap] = []  # written by the event and job threads, read by web threads: under _gap_lock
+        self._gap_lock = threading.Lock()
         self.gaps_total = 0
         self.connects = 0
         self._change_hooks: list[Callable[[str, str], None]] = []
@@ -198,12 +206,29 @@ class Monitor:
             if change.kind == "worker" and (change.created or event.get("type") in ("worker-online", "worker-offline")):
                 self.kick()  # re-inspect soon: what this worker consumes and registers may have changed
 
+    @property
+    def gaps(self) -> list[Gap]:
+        """The latest gaps (at most 20), oldest first: copies, safe to read from any thread."""
+        with self._gap_lock:
+            return [dataclasses.replace(gap) for gap in self._gaps]
+
+    def gap_resynced(self) -> None:
+        """The resync after the latest closed gap finished: the indicator stops showing the gap as open."""
+        with self._gap_lock:
+            if not self._gaps or self._gaps[-1].ended is None or self._gaps[-1].resynced is not None:
+                return
+            self._gaps[-1].resynced = self.clock()
+        self.publish("gap", str(self.gaps_total))
+
     def _on_status(self, report: StatusReport) -> None:
         if report.status is not BrokerStatus.LIVE and self._was_live:
             self._was_live = False
-            self.gaps_total += 1
-            self.gaps.append(Gap(report.since, None, report.detail))
-            del self.gaps[:-20]
+            sure = self.listener.sure_until if self.listener is not None else None
+            started = min(sure, report.since) if sure is not None else report.since
+            with self._gap_lock:
+                self.gaps_total += 1
+                self._gaps.append(Gap(started, None, report.detail, detected=report.since))
+                del self._gaps[:-20]
             self.publish("gap", str(self.gaps_total))
         self.publish("status", report.status.value)
         for hook in self._status_hooks:
@@ -216,8 +241,11 @@ class Monitor:
     def _on_connect(self) -> None:
         self.connects += 1
         self._was_live = True
-        if self.gaps and self.gaps[-1].ended is None:
-            self.gaps[-1].ended = self.clock()
+        with self._gap_lock:
+            closing = self._gaps[-1] if self._gaps and self._gaps[-1].ended is None else None
+            if closing is not None:
+                closing.ended = self.clock()
+        if closing is not None:
             self.publish("gap", str(self.gaps_total))
         # After a cut, everything a client shows may be stale: resend snapshots, and re-inspect soon.
         self.hub.resync_all()

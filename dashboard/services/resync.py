@@ -54,6 +54,7 @@ class Resync:
         started = time.monotonic()
         recovered = self._from_workers() + self._from_backend()
         self.resynced_total += recovered
+        self.monitor.gap_resynced()
         log.warning("event stream gap: resynced %d task(s) in %.2fs (events sent during the gap are lost)",
                     recovered, time.monotonic() - started)
 

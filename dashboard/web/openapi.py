@@ -209,8 +209,11 @@ def _schemas() -> Schema:
             "sw": _object({"ident": OPT_STRING, "ver": OPT_STRING, "sys": OPT_STRING}),
         }),
         "Workers": _object({"workers": _array(_ref("Worker"))}),
-        "Gap": _object({"started": NUMBER, "ended": OPT_NUMBER, "reason": STRING},
-                       description="A time when events may have been lost"),
+        "Gap": _object({"started": NUMBER, "ended": OPT_NUMBER, "reason": STRING, "detected": OPT_NUMBER,
+                        "resynced": OPT_NUMBER},
+                       description="A time when events may have been lost: from the last moment the stream was "
+                                   "known whole (started) to the new subscription (ended); detected is when the "
+                                   "cut was noticed, resynced when task states were recovered after it"),
         "Status": _object({
             "broker": {"enum": [status.value for status in BrokerStatus]}, "since": NUMBER, "detail": STRING,
             "reconnects": INTEGER, "gaps_total": INTEGER, "gaps": _array(_ref("Gap")),

@@ -666,6 +666,7 @@ def test_pubsub_cut_is_detected(cuttable: Stack) -> None:
     os.killpg(group, signal.SIGSTOP)
     try:
         sent, flooding = flood_until_cut(broker.url(0), broker.log_path or Path("/nonexistent"))
+        cut_wall = time.time()
         state_at_cut = backend_state(backend, slow_id)
         print(f"\n[outage] dashboard stopped; {sent} task-sent events of {FLOOD_KWARGS_BYTES // 1024} kB got its "
               f"subscriber cut in {flooding:.2f} s; the slow task was {state_at_cut} at the cut")
@@ -677,6 +678,7 @@ def test_pubsub_cut_is_detected(cuttable: Stack) -> None:
         os.killpg(group, signal.SIGCONT)
         backend.close()
     resumed = time.monotonic()
+    continued_wall = time.time()
 
     def gap_closed() -> Mapping[str, Any] | None:
         status: Mapping[str, Any] = get_json(server, "/api/status")
@@ -695,6 +697,14 @@ def test_pubsub_cut_is_detected(cuttable: Stack) -> None:
     assert time.monotonic() - resumed <= GAP_SHOWN_BOUND + SLACK
     assert status["broker"] == "live"
     assert f"{status['gaps_total']} gap" in shown
+    # The gap spans the time events were lost, from the cut (the newest event read was sent just before it),
+    # not from when the stopped dashboard noticed: it was once recorded as a 0.2 s gap after the resume.
+    gap = status["gaps"][-1]
+    assert gap["started"] <= cut_wall + 1.0, gap
+    assert gap["ended"] - gap["started"] >= continued_wall - cut_wall - 1.0, gap
+    assert gap["detected"] >= gap["started"], gap
+    wait_for(lambda: get_json(server, "/api/status")["gaps"][-1]["resynced"] is not None, GAP_SHOWN_BOUND + SLACK,
+             "the resync after the gap recorded", server, interval=0.1)
 
     if not resync_checkable:
         print("[outage] resync sub-check skipped: the slow task finished before the cut, so its event was not lost")

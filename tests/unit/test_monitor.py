@@ -41,8 +41,9 @@ class FakeClock:
 class FakeListener:
     """Stands in for the EventListener where the monitor only reads its `report`."""
 
-    def __init__(self, status: BrokerStatus, since: float = T0) -> None:
+    def __init__(self, status: BrokerStatus, since: float = T0, sure_until: float | None = None) -> None:
         self.report = StatusReport(status, since)
+        self.sure_until = sure_until
 
 
 @pytest.fixture
@@ -115,10 +116,11 @@ def connect(monitor: Monitor) -> None:
     monitor._on_connect()
 
 
-def lose_stream(monitor: Monitor, status: BrokerStatus = BrokerStatus.RECONNECTING, detail: str = "cut") -> None:
+def lose_stream(monitor: Monitor, status: BrokerStatus = BrokerStatus.RECONNECTING, detail: str = "cut",
+                sure_until: float | None = None) -> None:
     """What the listener does when the stream breaks."""
     report = StatusReport(status, monitor.clock(), detail)
-    monitor.listener = FakeListener(status, report.since)  # type: ignore[assignment]
+    monitor.listener = FakeListener(status, report.since, sure_until)  # type: ignore[assignment]
     monitor._on_status(report)
 
 
@@ -226,7 +228,7 @@ def test_losing_a_live_stream_opens_a_gap_and_publishes_it(
 
     assert monitor.gaps_total == 1
     assert [gap.to_dict() for gap in monitor.gaps] == [
-        {"started": T0 + 5, "ended": None, "reason": "Connection refused"}
+        {"started": T0 + 5, "ended": None, "reason": "Connection refused", "detected": T0 + 5, "resynced": None}
     ]
     assert take(subscriber).keys == {"gap": ["1"], "status": ["reconnecting"]}
     assert [report.status for report in reports] == [BrokerStatus.LIVE, BrokerStatus.RECONNECTING]
@@ -265,11 +267,57 @@ def test_reconnecting_closes_the_gap_and_resyncs_every_subscriber(
     connect(monitor)
 
     assert monitor.connects == 2
-    assert monitor.gaps[-1].to_dict() == {"started": T0 + 5, "ended": T0 + 9, "reason": "cut"}
+    assert monitor.gaps[-1].to_dict() == {"started": T0 + 5, "ended": T0 + 9, "reason": "cut", "detected": T0 + 5,
+                                          "resynced": None}
     for each in (subscriber, other):
         batch = take(each)
         # The resync replaces the pending "gap"/"status" keys: the snapshot it asks for shows both anyway.
         assert batch.resync is True
+
+
+def test_a_gap_starts_when_the_stream_was_last_known_whole_not_when_the_cut_was_noticed(
+    monitor: Monitor, clock: FakeClock
+) -> None:
+    # Redis dropped a subscriber that had fallen 19.5 s behind: it read buffered events for seconds before the
+    # cut showed, so the gap was once recorded as starting then (0.21 s long instead of ~20 s).
+    connect(monitor)
+    clock.now = T0 + 30
+    lose_stream(monitor, sure_until=T0 + 10.5)
+    clock.now = T0 + 30.2
+    connect(monitor)
+
+    gap = monitor.gaps[-1]
+    assert (gap.started, gap.detected, gap.ended) == (T0 + 10.5, T0 + 30, T0 + 30.2)
+
+
+def test_the_gap_shows_as_open_until_the_resync_after_it_finished(monitor: Monitor, clock: FakeClock) -> None:
+    connect(monitor)
+    lose_stream(monitor)
+    clock.now = T0 + 3
+    connect(monitor)
+    assert monitor.gaps[-1].resynced is None
+
+    clock.now = T0 + 4
+    monitor.gap_resynced()
+
+    assert monitor.gaps[-1].resynced == T0 + 4
+    monitor.gaps[-1].resynced = None  # a copy: the monitor's own record does not change
+    assert monitor.gaps[-1].resynced == T0 + 4
+
+
+def test_the_listener_knows_the_stream_whole_up_to_the_newest_event_sent() -> None:
+    from dashboard.services.events import EventListener, build_listener_app
+
+    settings = ClientSettings(UNREACHABLE_BROKER, None, {}, "celery")
+    clock = FakeClock(T0 + 100)
+    listener = EventListener(build_listener_app(settings), lambda event: None, clock=clock)
+    assert listener.sure_until is None
+
+    listener._handle({"type": "task-sent", "uuid": "a", "timestamp": T0 + 50})
+    listener._handle({"type": "task-sent", "uuid": "b", "timestamp": T0 + 40})  # out of order: keeps the newest
+    assert listener.sure_until == T0 + 50
+    listener._handle({"type": "task-sent", "uuid": "c", "timestamp": T0 + 500})  # a clock ahead of ours
+    assert listener.sure_until == T0 + 100
 
 
 def test_a_connect_publishes_the_status_and_the_gap_end(monitor: Monitor) -> None:
