@@ -14,7 +14,6 @@ Readers (pages, API, websockets) call the State's snapshot methods, which copy u
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 import os
 import threading
