@@ -58,7 +58,8 @@ def main() -> None:
 def _server_options(func: Any) -> Any:
     """The serving options shared by `serve` and `demo`."""
     func = click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=click.IntRange(4, 10_000),
-                        help="Server threads per process: each open dashboard page holds one.")(func)
+                        help="Threads per process handling requests (open pages and slow clients hold none; "
+                             "werkzeug: one per connection).")(func)
     func = click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
                         help="gunicorn worker processes (each runs its own event listener).")(func)
     func = click.option("--insecure-no-auth", is_flag=True,
@@ -135,7 +136,7 @@ def run_server(config: Config, options: ServerOptions, client: SendOnlyClient | 
 
     def ready(url: str) -> None:
         click.echo(f"dispatch-dashboard serving on {url}  ({options.server}, {options.workers} process(es) x "
-                   f"{options.threads} threads; Ctrl-C to stop)")
+                   f"{options.threads} request threads; Ctrl-C to stop)")
 
     try:
         serve_app(app, options, ready)

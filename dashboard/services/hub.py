@@ -100,6 +100,11 @@ class Subscriber:
         """True once closed."""
         return self._closed
 
+    @property
+    def has_changes(self) -> bool:
+        """True when a take() would return something now (read without the lock: a hint for pollers)."""
+        return self._count > 0 or self._resync
+
 
 class Hub:
     """The set of subscribers; the event thread publishes changes to all of them."""

@@ -20,6 +20,7 @@ def register(app: Flask) -> None:
     security.register(app)
     config = runtime(app).config
     auth.install(app, config.auth, config.secret_key)
+    app.before_request(live.hand_off)  # after the auth guard: a websocket is handed off only once allowed
 
     @app.before_request
     def _start_monitor() -> None:

@@ -1,24 +1,28 @@
 """Websockets: `/ws/ui` pushes htmx fragments to the pages, `/ws/events` streams JSON to tools.
 
-Each connection gets its own Hub subscriber and runs in its own server thread: it sends a full snapshot first,
-then, at a bounded frame rate, the current state of whatever changed since its last frame. A client that cannot
-keep up only delays itself; if its pending changes overflow, it gets a fresh snapshot instead.
+Each connection is a LiveSession with its own Hub subscriber: a full snapshot first, then, at a bounded frame
+rate, the current state of whatever changed since its last frame. A client that cannot keep up only delays
+itself; if its pending changes overflow, it gets a fresh snapshot instead. Under `serve` one fan-out thread
+drives every session of the process (dashboard/serving); under Flask's dev server each socket holds a thread.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from ..model.state import TaskView
-from ..services.hub import Batch, Subscriber
+from ..services.hub import Batch, Hub, Subscriber
 from . import views
 from .runtime import Runtime, runtime
 
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("live", __name__)
 _sock = Sock()
 
+HANDOFF_KEY = "dashboard.websocket"  # a serving model that drives sockets itself puts its Handoff here
 UI_FRAME_SECONDS = 0.2  # at most 5 page updates per second per client, however fast events arrive
 JSON_FRAME_SECONDS = 0.05
 IDLE_WAKE_SECONDS = 10.0  # how often an idle connection checks that its client is still there
@@ -34,17 +39,60 @@ SNAPSHOT_TASKS_DEFAULT = 100
 SNAPSHOT_TASKS_MAX = 1000
 
 
-class _Closed(Exception):
-    pass
+@dataclass
+class LiveSession:
+    """What one websocket client is sent: a snapshot first (and after an overflow), then, at most once per
+    `frame_seconds`, the messages for what changed. Built in the websocket's request (its query arguments
+    captured); driven by whichever serving model holds the socket (the fan-out thread, or a dev-server thread)."""
+
+    snapshot: Callable[[], list[str]]
+    update: Callable[[Batch], list[str]]
+    frame_seconds: float
+    client: str = ""  # who holds it (user name, or address when anonymous): the per-client socket cap counts it
+    # Set by open_session for a socket driven outside its request (the fan-out thread): the hub to follow and
+    # the request context (the same app, request and identity) that rendering needs.
+    hub: Hub | None = None
+    context: Callable[[], AbstractContextManager[None]] = nullcontext
+    _subscriber: Subscriber | None = None
+
+    def open(self) -> None:
+        """Start receiving changes (from now on: the snapshot that follows includes everything before)."""
+        if self.hub is not None and self._subscriber is None:
+            self._subscriber = self.hub.subscribe()
+
+    @property
+    def has_changes(self) -> bool:
+        """True when something changed since the last frame (read without the subscriber's lock: a hint)."""
+        subscriber = self._subscriber
+        return subscriber is None or subscriber.closed or subscriber.has_changes
+
+    def frame(self, first: bool) -> list[str] | None:
+        """The next frame's messages: the snapshot first, then updates; None once the session was closed."""
+        subscriber = self._subscriber
+        with self.context():
+            if first:
+                return self.snapshot()
+            if subscriber is None:
+                return None
+            batch = subscriber.take(0)
+            if batch is None:
+                return None
+            if not batch:
+                return []
+            return self.snapshot() if batch.resync else self.update(batch)
+
+    def close(self) -> None:
+        """Stop receiving changes."""
+        if self.hub is not None and self._subscriber is not None:
+            self.hub.unsubscribe(self._subscriber)
 
 
-def _pump(ws: Any, rt: Runtime, snapshot: Callable[[], list[str]], update: Callable[[Batch], list[str]],
-          frame_seconds: float) -> None:
-    """Send a snapshot, then coalesced updates, until the client goes away."""
+def _pump(ws: Any, rt: Runtime, session: LiveSession) -> None:
+    """Drive a session over a blocking websocket in this thread (Flask's dev server, through flask-sock)."""
     rt.ensure_started()
     subscriber: Subscriber = rt.monitor.hub.subscribe()
     try:
-        _send_all(ws, snapshot())
+        _send_all(ws, session.snapshot())
         while True:
             batch = subscriber.take(IDLE_WAKE_SECONDS)
             if batch is None or not ws.connected:
@@ -52,12 +100,12 @@ def _pump(ws: Any, rt: Runtime, snapshot: Callable[[], list[str]], update: Calla
             if not batch:
                 continue
             started = time.monotonic()
-            _send_all(ws, snapshot() if batch.resync else update(batch))
+            _send_all(ws, session.snapshot() if batch.resync else session.update(batch))
             # Changes keep accumulating in the subscriber while we wait: that is the coalescing.
-            rest = frame_seconds - (time.monotonic() - started)
+            rest = session.frame_seconds - (time.monotonic() - started)
             if rest > 0:
                 time.sleep(rest)
-    except (ConnectionClosed, _Closed, OSError):
+    except (ConnectionClosed, OSError):
         return
     finally:
         rt.monitor.hub.unsubscribe(subscriber)
@@ -72,10 +120,9 @@ def _send_all(ws: Any, messages: list[str]) -> None:
 # -- /ws/ui: htmx fragments ----------------------------------------------------------------------------------
 
 
-def ui(ws: Any) -> None:
-    """Fragments for the page named by ?view= (tasks, task, workers, status), swapped in by element id."""
-    rt = runtime()
-    view = request.args.get("view", "status")
+def ui_session(rt: Runtime, args: Mapping[str, str]) -> LiveSession:
+    """Fragments for the page named by ?view= (tasks, task, workers, routing, status), swapped in by element id."""
+    view = args.get("view", "status")
 
     def status_html() -> str:
         # What every page shows: the connection indicator and the alert banner.
@@ -87,7 +134,7 @@ def ui(ws: Any) -> None:
 
     if view == "tasks":
         try:
-            filters = views.TaskFilters.from_args(request.args)
+            filters = views.TaskFilters.from_args(args)
         except views.FilterError:
             filters = views.TaskFilters()
         shown: set[str] = set()
@@ -95,10 +142,10 @@ def ui(ws: Any) -> None:
         def snapshot() -> list[str]:
             return [status_html() + views.workers_fragment(rt) + _table(rt, filters, shown)]
 
-        _pump(ws, rt, snapshot, lambda batch: tasks_update(rt, filters, shown, batch, chrome(batch)),
-              UI_FRAME_SECONDS)
-    elif view == "task":
-        task_id = request.args.get("id", "")[:255]
+        return LiveSession(snapshot, lambda batch: tasks_update(rt, filters, shown, batch, chrome(batch)),
+                           UI_FRAME_SECONDS)
+    if view == "task":
+        task_id = args.get("id", "")[:255]
 
         def task_snapshot() -> list[str]:
             return [status_html() + views.task_detail_fragment(rt, task_id)]
@@ -109,12 +156,12 @@ def ui(ws: Any) -> None:
                 parts.append(views.task_detail_fragment(rt, task_id))
             return ["".join(parts)]
 
-        _pump(ws, rt, task_snapshot, task_update, UI_FRAME_SECONDS)
-    elif view == "workers":
-        _pump(ws, rt, lambda: [status_html() + views.workers_fragment(rt)],
-              lambda b: [chrome(b) + (views.workers_fragment(rt) if b.get("worker") else "")],
-              UI_FRAME_SECONDS)
-    elif view == "routing":
+        return LiveSession(task_snapshot, task_update, UI_FRAME_SECONDS)
+    if view == "workers":
+        return LiveSession(lambda: [status_html() + views.workers_fragment(rt)],
+                           lambda b: [chrome(b) + (views.workers_fragment(rt) if b.get("worker") else "")],
+                           UI_FRAME_SECONDS)
+    if view == "routing":
 
         def routing_snapshot() -> list[str]:
             return [status_html() + views.alerts_panel_fragment(rt) + views.routing_fragment(rt)]
@@ -133,9 +180,8 @@ def ui(ws: Any) -> None:
                 parts.append(views.routing_fragment(rt))
             return ["".join(parts)]
 
-        _pump(ws, rt, routing_snapshot, routing_update, UI_FRAME_SECONDS)
-    else:
-        _pump(ws, rt, lambda: [status_html()], lambda b: [chrome(b)], UI_FRAME_SECONDS)
+        return LiveSession(routing_snapshot, routing_update, UI_FRAME_SECONDS)
+    return LiveSession(lambda: [status_html()], lambda b: [chrome(b)], UI_FRAME_SECONDS)
 
 
 def tasks_update(rt: Runtime, filters: views.TaskFilters, shown: set[str], batch: Batch, chrome: str) -> list[str]:
@@ -206,11 +252,10 @@ def _dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, default=str, separators=(",", ":"))
 
 
-def events(ws: Any) -> None:
+def events_session(rt: Runtime, args: Mapping[str, str]) -> LiveSession:
     """JSON objects with a "type": a "snapshot" first, then "task", "worker", "status", "alert", "routing"."""
-    rt = runtime()
     try:
-        limit = int(request.args.get("tasks", SNAPSHOT_TASKS_DEFAULT))
+        limit = int(str(args.get("tasks", SNAPSHOT_TASKS_DEFAULT))[:12])
     except ValueError:
         limit = SNAPSHOT_TASKS_DEFAULT
     limit = max(0, min(limit, SNAPSHOT_TASKS_MAX))
@@ -225,10 +270,68 @@ def events(ws: Any) -> None:
     def update(batch: Batch) -> list[str]:
         return list(_messages(rt, batch, alerts_seen))
 
-    _pump(ws, rt, snapshot, update, JSON_FRAME_SECONDS)
+    return LiveSession(snapshot, update, JSON_FRAME_SECONDS)
+
+
+SESSIONS: dict[str, Callable[[Runtime, Mapping[str, str]], LiveSession]] = {
+    "live.ui": ui_session,
+    "live.events": events_session,
+}
+
+
+def open_session() -> LiveSession:
+    """The session the current websocket request asks for (its endpoint and query arguments), able to render
+    its frames later, from another thread, in a copy of this request's context."""
+    endpoint = request.endpoint or ""
+    identity = g.get("identity")
+    rt = runtime()
+    rt.ensure_started()
+    session = SESSIONS[endpoint](rt, request.args)
+    session.client = identity.name if identity is not None and identity.via != "open" else (request.remote_addr or "")
+    session.hub = rt.monitor.hub
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    environ = {key: value for key, value in request.environ.items() if not key.startswith(("wsgi.input", "dashboard."))}
+    environ["wsgi.input"] = io.BytesIO()
+
+    @contextmanager
+    def context() -> Iterator[None]:
+        with app.request_context(environ):
+            g.identity = identity
+            yield
+
+    session.context = context
+    return session
+
+
+def hand_off() -> Any:
+    """Before a websocket request's view: when the server drives sockets itself (`serve`), give it this request's
+    session (after the auth checks, which ran first) and answer 101, or 503 past its caps. Else go on to the
+    flask-sock view (Flask's dev server)."""
+    handoff = request.environ.get(HANDOFF_KEY)
+    if handoff is None or request.endpoint not in SESSIONS:
+        return None
+    refusal = handoff.accept(open_session())
+    if refusal is not None:
+        response = jsonify(error=refusal)
+        response.status_code = 503
+        response.headers["Retry-After"] = "10"
+        return response
+    return Response(status=101)
+
+
+def ui(ws: Any) -> None:
+    """/ws/ui on Flask's dev server: this thread holds the socket."""
+    _pump(ws, runtime(), open_session())
+
+
+def events(ws: Any) -> None:
+    """/ws/events on Flask's dev server: this thread holds the socket."""
+    _pump(ws, runtime(), open_session())
 
 
 # flask-sock's decorator is untyped: register the handlers by calling it, keeping their own signatures.
+# Under `serve` (the default server) a websocket never reaches these: the server hands the socket to its
+# fan-out thread right after the app's checks (see web/handoff.py and dashboard/serving).
 _sock.route("/ws/ui", bp=bp)(ui)
 _sock.route("/ws/events", bp=bp)(events)
 

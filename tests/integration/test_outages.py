@@ -59,6 +59,7 @@ RESUME_BOUND = 5.0  # stream, poller, depths and dispatch back after Redis answe
 REFUSED_DISPATCH_BOUND = 3.0  # POST /api/dispatch -> 503 while Redis refuses connections
 HUNG_DISPATCH_BOUND = 5.0  # POST /api/dispatch -> 503 while the broker accepts TCP and never answers
 BROKER_TIMEOUT = 2.0  # the configs here keep the default broker_timeout
+FLAPS = 3  # kills and restarts of Redis under the dispatch loop
 CONCURRENT_DISPATCHES = 100  # against a hung broker, each must answer within broker_timeout + 1 s
 GAP_SHOWN_BOUND = 10.0  # a pub/sub cut shows in /metrics, /api/status and the page after the dashboard runs again
 SLACK = 2.0
@@ -423,31 +424,37 @@ def queued_task_ids(client: redis.Redis, queue: str) -> list[str]:
 
 
 def test_no_202_is_lost(durable: Stack) -> None:
+    # A flapping broker: killed and restarted FLAPS times under a steady dispatch loop.
     server, broker = durable.server, durable.redis
     queue = f"nobody-{uuid.uuid4().hex[:8]}"
     loop = DispatchLoop(server, queue)
     thread = threading.Thread(target=loop.run, name="dispatch-loop", daemon=True)
     thread.start()
+    accepted_while_down: list[int] = []
+    resumed_after: list[float] = []
     try:
         wait_for(lambda: len(loop.accepted) >= 30, 20.0, "30 dispatches accepted before the kill", server)
-        broker.kill()
-        accepted_at_kill = len(loop.accepted)
-        wait_for(lambda: loop.refused >= 5, 20.0, "503s while Redis is down", server)
-        time.sleep(1.0)
-        accepted_while_down = len(loop.accepted) - accepted_at_kill
-        broker.start()
-        restarted_with = len(loop.accepted)
-        _, resumed = wait_for(lambda: len(loop.accepted) >= restarted_with + 30, RESUME_BOUND + 15.0,
-                              "30 dispatches accepted after the restart", server)
+        for _flap in range(FLAPS):
+            broker.kill()
+            accepted_at_kill, refused_at_kill = len(loop.accepted), loop.refused
+            wait_for(lambda floor=refused_at_kill + 5: loop.refused >= floor, 20.0, "503s while Redis is down",
+                     server)
+            time.sleep(1.0)
+            accepted_while_down.append(len(loop.accepted) - accepted_at_kill)
+            broker.start()
+            restarted_with = len(loop.accepted)
+            _, resumed = wait_for(lambda floor=restarted_with + 30: len(loop.accepted) >= floor, RESUME_BOUND + 15.0,
+                                  "30 dispatches accepted after the restart", server)
+            resumed_after.append(resumed)
     finally:
         loop.stop.set()
         thread.join(HTTP_TIMEOUT + 5)
     assert not thread.is_alive()
     assert loop.unexpected == [], loop.unexpected[:5]
-    print(f"\n[outage] dispatch loop: {len(loop.accepted)} x 202 ({accepted_at_kill} before the kill, "
-          f"{accepted_while_down} during the outage, the rest after), {loop.refused} x 503 "
-          f"(slowest {loop.slowest_503:.3f} s); 30 more accepted {resumed:.3f} s after the restart")
-    assert accepted_while_down <= 1  # at most the one in flight at the kill
+    print(f"\n[outage] dispatch loop over {FLAPS} kills: {len(loop.accepted)} x 202 ({accepted_while_down} while "
+          f"down), {loop.refused} x 503 (slowest {loop.slowest_503:.3f} s); 30 more accepted "
+          f"{', '.join(f'{r:.3f}' for r in resumed_after)} s after each restart")
+    assert max(accepted_while_down) <= 1  # at most the one in flight at the kill
     assert loop.slowest_503 <= REFUSED_DISPATCH_BOUND + SLACK
 
     client = redis.Redis.from_url(broker.url(0), socket_timeout=5)
@@ -464,8 +471,8 @@ def test_no_202_is_lost(durable: Stack) -> None:
     assert not missing, sorted(missing)[:5]
     assert len(queued) == len(set(queued))  # no message twice
     # An LPUSH that Redis wrote to its AOF but was killed before replying to is answered 503 and yet queued
-    # (seen in about 1 run in 4): the outcome of a request in flight at a crash is unknown, bounded by one here.
-    assert len(extra) <= 1, sorted(extra)
+    # (seen in about 1 run in 4): the outcome of a request in flight at a crash is unknown, one per kill at most.
+    assert len(extra) <= FLAPS, sorted(extra)
     assert len(queued) in (len(loop.accepted), len(loop.accepted) + len(extra))
 
 

@@ -137,3 +137,43 @@ def test_monitor_settings() -> None:
     config = config_from_mapping({"monitor": {"inspect_interval": 1, "alert_grace": 0, "max_tasks": 50}})
     assert (config.monitor.inspect_interval, config.monitor.alert_grace, config.monitor.max_tasks) == (1.0, 0.0, 50)
     assert Config().monitor.max_tasks == 100_000
+
+
+def test_the_server_table_and_its_environment_override() -> None:
+    config = config_from_mapping({"server": {"allowed_hosts": ["Dash.Example.com", ".ops.example"],
+                                             "max_websockets": 200, "max_websockets_per_client": 5,
+                                             "request_timeout": 4}})
+    assert config.server.allowed_hosts == ("dash.example.com", ".ops.example")
+    assert (config.server.max_websockets, config.server.max_websockets_per_client) == (200, 5)
+    assert config.server.request_timeout == 4.0
+    assert config_from_mapping({}).server.allowed_hosts is None  # the default: loopback (+ the served address)
+
+    overridden = config_from_mapping({"server": {"allowed_hosts": ["a.example"]}},
+                                     {"DASHBOARD_ALLOWED_HOSTS": " b.example, c.example ,"})
+    assert overridden.server.allowed_hosts == ("b.example", "c.example")
+
+
+@pytest.mark.parametrize(
+    ("server", "problem"),
+    [
+        ({"allowed_hosts": "dash.example"}, "allowed_hosts must be a list"),
+        ({"allowed_hosts": [""]}, "allowed_hosts must be a list"),
+        ({"max_websockets": 0}, "max_websockets must be a whole number"),
+        ({"max_websockets_per_client": True}, "max_websockets_per_client must be a whole number"),
+        ({"request_timeout": 0.1}, "request_timeout must be a number"),
+        ({"threads": 4}, "unknown key(s) threads"),
+    ],
+)
+def test_bad_server_tables_are_clear_errors(server: dict[str, object], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        config_from_mapping({"server": server})
+
+
+def test_serve_allows_its_own_address_by_default() -> None:
+    from dashboard.cli import with_default_hosts
+
+    config = with_default_hosts(config_from_mapping({}), "10.1.2.3")
+    assert config.server.allowed_hosts is not None
+    assert {"localhost", "127.0.0.1", "10.1.2.3"} <= set(config.server.allowed_hosts)
+    kept = with_default_hosts(config_from_mapping({"server": {"allowed_hosts": ["x.example"]}}), "10.1.2.3")
+    assert kept.server.allowed_hosts == ("x.example",)

@@ -1,10 +1,10 @@
-"""Serving the app: gunicorn's gthread worker by default (production), werkzeug's threaded server for development.
+"""Serving the app: gunicorn with the dashboard's own worker (production), werkzeug's threaded server (development).
 
-Websockets hold one server thread each for as long as the page is open, so the server must be threaded:
-gunicorn's default sync worker cannot hold a websocket. With gthread, `threads` caps the concurrent requests
-*and* open dashboards per worker process. Every worker process runs its own event listener (started in the
-worker after the fork, never in the master), so `workers > 1` multiplies broker subscriptions: prefer one
-worker per replica and more threads.
+The worker (worker.py) runs one asyncio loop per process (server.py): requests are read there under deadlines and
+handled on a pool of `threads`; every websocket is driven by one fan-out thread (fanout.py), so neither slow
+clients nor open pages hold threads. Every worker process runs its own event listener (started in the worker
+after the fork, never in the master), so `workers > 1` multiplies broker subscriptions: prefer one worker per
+replica. werkzeug's dev server keeps a thread per connection and per websocket (through flask-sock).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
+
+from .server import Limits
+from .worker import LIMITS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ def serve(app: Flask, options: ServerOptions, on_ready: Callable[[str], None]) -
 def _serve_werkzeug(app: Flask, options: ServerOptions, on_ready: Callable[[str], None]) -> None:
     from werkzeug.serving import make_server
 
-    from .web.runtime import runtime
+    from ..web.runtime import runtime
 
     server = make_server(options.host, options.port, app, threaded=True)
     tune_interpreter()
@@ -87,7 +90,15 @@ def _serve_werkzeug(app: Flask, options: ServerOptions, on_ready: Callable[[str]
 def _serve_gunicorn(app: Flask, options: ServerOptions, on_ready: Callable[[str], None]) -> None:
     from gunicorn.app.base import BaseApplication
 
-    from .web.runtime import runtime
+    from ..web.runtime import runtime
+
+    server_settings = runtime(app).config.server
+    app.config[LIMITS_KEY] = Limits(
+        threads=options.threads,
+        request_timeout=server_settings.request_timeout,
+        max_websockets=server_settings.max_websockets,
+        max_websockets_per_client=server_settings.max_websockets_per_client,
+    )
 
     def when_ready(server: Any) -> None:
         port = options.port
@@ -113,11 +124,12 @@ def _serve_gunicorn(app: Flask, options: ServerOptions, on_ready: Callable[[str]
     settings = {
         "bind": [f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"],
         "workers": options.workers,
-        "worker_class": "gthread",
-        "threads": options.threads,
+        "worker_class": "dashboard.serving.worker.DashboardWorker",
         "graceful_timeout": 3,
         "timeout": 60,
-        "keepalive": 5,
+        # Our worker reads X-Forwarded-* never; the app believes them only from `trusted_proxies` (ProxyFix).
+        "forwarded_allow_ips": "",
+        "secure_scheme_headers": {},
         "loglevel": options.log_level,
         "accesslog": None,
         "errorlog": "-",
