@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from werkzeug.test import TestResponse
 from dashboard import create_app
 from dashboard.config import config_from_mapping
 from dashboard.services.processes import free_port
+from dashboard.services.sessions import NEGATIVE_TTL
 from dashboard.web.auth import PUBLIC_ENDPOINTS
 from dashboard.web.runtime import runtime
 from tests.e2e.live_server import (
@@ -808,3 +810,35 @@ def test_live_websocket_raw_handshake(live_server: LiveServer, headers: dict[str
     assert status_line.split(" ")[1] == status, status_line
     if status == "101":
         assert rest[0] & 0x0F == 0x1, "the first frame is a text message (the status fragment)"
+
+
+def test_a_logout_on_one_replica_ends_the_session_on_another(broker_url: str) -> None:
+    # Two replicas with the same secret key share nothing but the (real, Redis) broker: the logout mark lives there.
+    def replica() -> Flask:
+        data = {"broker_url": broker_url, "secret_key": SECRET_KEY, "audit": {"path": ""}, "auth": AUTH}
+        built = create_app(config_from_mapping(data), live=False)
+        built.testing = True
+        return built
+
+    one, two = replica(), replica()
+    try:
+        client = one.test_client()
+        token = log_in(client, OPERATOR, OPERATOR_PASSWORD)
+        cookie = client.get_cookie("dispatch_dashboard_session")
+        assert cookie is not None
+        other = two.test_client()
+        other.set_cookie("dispatch_dashboard_session", cookie.value)
+        assert other.get("/api/status").status_code == 200, "the same session works on either replica"
+
+        assert client.post("/logout", data={"csrf_token": token}).status_code == 302
+
+        late = two.test_client()  # replica two never saw the logout itself
+        late.set_cookie("dispatch_dashboard_session", cookie.value)
+        # Replica two trusts a session it checked within the last second (NEGATIVE_TTL): refused after that.
+        deadline = time.monotonic() + NEGATIVE_TTL + 2.0
+        while late.get("/api/status").status_code != 401:
+            assert time.monotonic() < deadline, "replica two still accepts the logged-out session"
+            time.sleep(0.1)
+    finally:
+        close_app(one)
+        close_app(two)
