@@ -21,7 +21,6 @@ from .model.catalog import (
     TaskSpec,
     task_name_problem,
 )
-from .services.audit import default_path
 
 ENV_CONFIG = "DASHBOARD_CONFIG"
 ENV_CLIENT_APP = "DASHBOARD_CLIENT_APP"
@@ -32,6 +31,9 @@ ENV_AUDIT_PATH = "DASHBOARD_AUDIT_PATH"
 ENV_ALLOWED_HOSTS = "DASHBOARD_ALLOWED_HOSTS"
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+MAX_BODY_BYTES = 1024 * 1024  # a request body is small; anything larger is refused with 413
+APP_DIR = "dispatch-dashboard"  # under the XDG state directory: where the dashboard keeps its files
+AUDIT_FILE_NAME = "audit.sqlite3"
 MAX_TRUSTED_PROXIES = 5
 MAX_RETENTION_DAYS = 36_500
 AUDIT_KEYS = frozenset({"path", "retention_days"})
@@ -223,13 +225,30 @@ def _audit(raw: Any, env: Mapping[str, str], fail: Any) -> tuple[str, float | No
         raise fail("[audit] path must be a string")
     path = env.get(ENV_AUDIT_PATH, path)
     if path is None:
-        default = default_path(env)
+        default = default_audit_path(env)
         path = str(default) if default is not None else ""
     days = raw.get("retention_days", 0)
     if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 <= days <= MAX_RETENTION_DAYS:
         raise fail(f"[audit] retention_days must be a number of days between 0 (keep for ever) and "
                    f"{MAX_RETENTION_DAYS}")
     return path, (float(days) if days else None)
+
+
+def state_dir(environ: Mapping[str, str]) -> Path | None:
+    """$XDG_STATE_HOME/dispatch-dashboard, else ~/.local/state/dispatch-dashboard; None when neither is known."""
+    state_home = environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(state_home):  # the XDG spec: a relative value is invalid and must be ignored
+        return Path(state_home) / APP_DIR
+    home = environ.get("HOME", "")
+    if os.path.isabs(home):
+        return Path(home) / ".local" / "state" / APP_DIR
+    return None
+
+
+def default_audit_path(environ: Mapping[str, str]) -> Path | None:
+    """The audit log's default file, in the state directory."""
+    directory = state_dir(environ)
+    return directory / AUDIT_FILE_NAME if directory is not None else None
 
 
 def _string(data: Mapping[str, Any], key: str, fail: Any, default: str) -> str:

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,8 +42,6 @@ SOURCES: Final[tuple[Source, ...]] = get_args(Source)
 
 ANONYMOUS: Final = "anonymous"  # who, until a request carries an authenticated identity
 MEMORY: Final = ":memory:"  # a private in-memory database (tests)
-APP_DIR: Final = "dispatch-dashboard"
-FILE_NAME: Final = "audit.sqlite3"
 MAX_TEXT_CHARS: Final = 16 * 1024  # per stored text field; longer values are cut and marked
 MAX_QUERY_LIMIT: Final = 1000
 BUSY_TIMEOUT: Final = 5.0  # seconds a write waits for another process's lock (fsyncs are slow under load)
@@ -145,17 +143,6 @@ class AuditEntry:
             "task_id": self.task_id,
             "error": self.error,
         }
-
-
-def default_path(environ: Mapping[str, str]) -> Path | None:
-    """$XDG_STATE_HOME/dispatch-dashboard/audit.sqlite3, else under ~/.local/state; None when neither is known."""
-    state_home = environ.get("XDG_STATE_HOME", "")
-    if os.path.isabs(state_home):  # the XDG spec: a relative value is invalid and must be ignored
-        return Path(state_home) / APP_DIR / FILE_NAME
-    home = environ.get("HOME", "")
-    if os.path.isabs(home):
-        return Path(home) / ".local" / "state" / APP_DIR / FILE_NAME
-    return None
 
 
 def capped(text: str, limit: int = MAX_TEXT_CHARS) -> str:

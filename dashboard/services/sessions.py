@@ -16,7 +16,8 @@ from collections import OrderedDict
 import redis
 
 from ..exceptions import ConfigError
-from .broker import REDIS_SCHEMES, RedisTarget, broker_scheme
+from .broker.redis import RedisTarget
+from .broker.urls import REDIS_SCHEMES, broker_scheme
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
-from .. import MAX_BODY_BYTES
+from ..config import MAX_BODY_BYTES
 from ..model.alerts import ALERT_KINDS
 from ..model.catalog import PARAM_TYPES
 from ..model.dispatch import MAX_ARGS, MAX_DELAY_SECONDS, MAX_JSON_DEPTH, OPTION_NAMES, PRIORITY_RANGE

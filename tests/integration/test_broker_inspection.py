@@ -18,8 +18,10 @@ from celery import Celery
 from kombu import Connection
 
 from dashboard.exceptions import BrokerUnavailable
+from dashboard.model.kombu import KombuRedisLayout
 from dashboard.model.routing import BrokerQueue
-from dashboard.services.broker import KombuRedisLayout, RedisBrokerInspector, broker_inspector
+from dashboard.services.broker import broker_inspector
+from dashboard.services.broker.redis import RedisBrokerInspector
 from dashboard.services.client import ClientSettings, build_send_only_app
 from dashboard.services.inspection import WorkerInspector
 from dashboard.services.processes import CeleryWorker, RedisServer, free_port

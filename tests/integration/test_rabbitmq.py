@@ -32,7 +32,7 @@ import pytest
 from dashboard.exceptions import BrokerUnavailable, ConfigError
 from dashboard.model.routing import BrokerQueue
 from dashboard.services.broker import broker_inspector
-from dashboard.services.broker_amqp import AmqpBrokerInspector
+from dashboard.services.broker.amqp import AmqpBrokerInspector
 from dashboard.services.processes import CeleryWorker, ProcessError, free_port
 from dashboard.services.rabbitmq_server import RabbitMQServer, find_rabbitmq_server
 from tests.e2e.live_server import (

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from dashboard.config import default_audit_path
 from dashboard.exceptions import BrokerUnavailable, RoutingError
 from dashboard.exceptions import DispatchRefused as Refused
 from dashboard.model.dispatch import DispatchInvalid, DispatchOptions, DispatchRequest
@@ -31,7 +32,6 @@ from dashboard.services.audit import (
     DispatchAttempt,
     Origin,
     capped,
-    default_path,
     error_text,
     json_text,
     outcome_of,
@@ -462,7 +462,7 @@ def test_a_read_only_file_fails_quietly(db_path: Path) -> None:
     ],
 )
 def test_default_path(environ: dict[str, str], expected: str | None) -> None:
-    found = default_path(environ)
+    found = default_audit_path(environ)
     assert (str(found) if found is not None else None) == expected
 
 

@@ -9,20 +9,17 @@ import pytest
 from kombu.transport import redis as kombu_redis
 
 from dashboard.exceptions import ConfigError
-from dashboard.services.broker import (
+from dashboard.model.kombu import (
     KOMBU_PRIORITY_STEPS,
     KOMBU_SEP,
     KOMBU_UNACKED_KEY,
     Binding,
     KombuRedisLayout,
-    RedisBrokerInspector,
-    RedisTarget,
-    broker_inspector,
-    broker_scheme,
     is_internal,
-    shown_url,
     user_queues,
 )
+from dashboard.services.broker import broker_inspector, broker_scheme, shown_url
+from dashboard.services.broker.redis import RedisBrokerInspector, RedisTarget
 
 SEP = "\x06\x16"
 DEFAULT = KombuRedisLayout()
@@ -331,7 +328,7 @@ def test_factory_builds_a_redis_inspector(url: str) -> None:
 
 @pytest.mark.parametrize("url", ["amqp://guest:topsecret@rabbit:5672//", "pyamqp://h//", "amqps://h//"])
 def test_factory_gives_the_amqp_inspector_without_connecting(url: str) -> None:
-    from dashboard.services.broker_amqp import AmqpBrokerInspector
+    from dashboard.services.broker.amqp import AmqpBrokerInspector
 
     inspector = broker_inspector(url, {}, 1.0)
     try:

@@ -27,10 +27,11 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from kombu.connection import Connection
 from kombu.exceptions import KombuError
 
-from ..exceptions import BrokerUnavailable, ConfigError
-from ..model.routing import BrokerQueue
-from ..model.secrets import mask_text, mask_url
-from .broker import AMQP_SCHEMES, EVENT_QUEUE_PREFIX, PIDBOX_SUFFIX, broker_scheme, shown_url
+from ...exceptions import BrokerUnavailable, ConfigError
+from ...model.kombu import EVENT_QUEUE_PREFIX, PIDBOX_SUFFIX
+from ...model.routing import BrokerQueue
+from ...model.secrets import mask_text, mask_url
+from .urls import AMQP_SCHEMES, broker_scheme, shown_url
 
 log = logging.getLogger(__name__)
 
