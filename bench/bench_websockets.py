@@ -45,13 +45,13 @@ from dashboard.services.processes import RedisServer  # noqa: E402
 TASK_ID_ATTR = re.compile(r'data-task-id="([^"]+)"')
 
 
-class Client(simple_websocket.Client):
+class Client(simple_websocket.Client):  # type: ignore[misc]  # untyped base
     """simple-websocket's client, minus its handshake race (a first frame read with the 101 answer waits for the
-    next read otherwise; tests/helpers.py has the same fix)."""
+    next read otherwise; tests/support/http.py has the same fix)."""
 
     def handshake(self) -> None:
         super().handshake()
-        if self.connected:
+        if self.connected:  # type: ignore[has-type]  # an attribute of the untyped base
             self.connected = self._handle_events()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -172,10 +173,14 @@ def _check_bind(host: str, port: int) -> None:
 def demo(host: str, port: int, redis_port: int, config_file: str | None, server_kind: str,
          insecure_no_auth: bool, workers: int, threads: int) -> None:
     """Start Redis, a worker_stub worker and the dashboard with the sample config; Ctrl-C stops all of it."""
-    from .resources import sample_config
+    from .resources import sample_config, stub_worker_root
     from .services.processes import CeleryWorker, RedisServer
 
     _configure_logging("info")
+    stub_root = stub_worker_root()
+    if stub_root is None and importlib.util.find_spec("worker_stub") is None:
+        fail("the demo runs the stub worker (worker_stub/) from a source checkout: git clone the project and run "
+             "`make demo` there")
     config_path = Path(config_file) if config_file else sample_config()
     with ExitStack() as stack, _stop_on_sigterm():
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dispatch-dashboard-demo-")))
@@ -189,7 +194,8 @@ def demo(host: str, port: int, redis_port: int, config_file: str | None, server_
         try:
             worker = stack.enter_context(
                 CeleryWorker(broker_url=broker_url, backend_url=backend_url, queues=("stt", "llm", "default"),
-                             name="stub", log_path=workdir / "worker.log")
+                             name="stub", log_path=workdir / "worker.log",
+                             pythonpath=[str(stub_root)] if stub_root is not None else ())
             )
         except DashboardError as exc:
             fail(str(exc))

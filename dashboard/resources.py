@@ -19,3 +19,10 @@ def resource_dir(name: str) -> Path:
 def sample_config() -> Path:
     """The sample routing config that mirrors worker_stub (used by `dispatch-dashboard demo`)."""
     return resource_dir("examples") / "dispatch.toml"
+
+
+def stub_worker_root() -> Path | None:
+    """The directory holding the demo's stub worker (worker_stub/), which ships with the source checkout only
+    (never in the wheel or the dashboard's image); None when this is not a checkout."""
+    root = _PACKAGE.parent
+    return root if (root / "worker_stub" / "__init__.py").is_file() else None

@@ -10,9 +10,11 @@ from .config import Config
 from .exceptions import BrokerUnavailable, ConfigError, DashboardError
 from .model.routing import RoutingReport
 from .model.secrets import mask_text, mask_url
+from .model.state import State
 from .services.client import BROKER_ERRORS, ClientSettings, SendOnlyClient, build_send_only_app
+from .services.events.hub import Hub
+from .services.events.stream import StreamLog
 from .services.inspection import WorkerInspector
-from .services.monitor import Monitor
 
 EXIT_OK, EXIT_MISMATCH, EXIT_UNREACHABLE = 0, 1, 2
 _UNAVAILABLE: tuple[type[BaseException], ...] = (BrokerUnavailable, *BROKER_ERRORS)
@@ -106,13 +108,13 @@ def run_check(config: Config, timeout: float) -> CheckResult:
     except BROKER_ERRORS as exc:
         return CheckResult(EXIT_UNREACHABLE, broker, settings.origin,
                            error=mask_text(f"worker inspection failed: {exc}"))
-    monitor = Monitor(settings, config.monitor, control_app=control)
     try:
         queues_inspector = broker_inspector(settings.broker_url, settings.broker_transport_options, timeout)
     except ConfigError:
         queues_inspector = None
-    service = RoutingService(client, monitor, inspector, queues_inspector, [spec.name for spec in config.catalog],
-                             grace=0, inspect_interval=config.monitor.inspect_interval)
+    service = RoutingService(client, State(config.monitor.max_tasks), Hub(), StreamLog(), inspector,
+                             queues_inspector, [spec.name for spec in config.catalog], grace=0,
+                             inspect_interval=config.monitor.inspect_interval)
     service.store_reports(result)
     online = sorted(result.workers)
     first = service.compare([], online_hosts=online)  # resolves every compared name: the queues to measure

@@ -15,7 +15,7 @@ import pytest
 from celery import Celery
 
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer
-from tests.helpers import started
+from tests.support.processes import started
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # where `worker_stub` lives, importable without installing
 STUB_QUEUES: tuple[str, ...] = ("stt", "llm", "default")

@@ -7,9 +7,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
+from ..exceptions import BrokerUnavailable, DispatchRefused, RoutingError
 from .catalog import Catalog, InvalidValue, TaskSpec, task_name_problem
+
+#: What became of a dispatch attempt: one vocabulary for the audit log, /metrics and the pages.
+#: sent: the broker took it; refused: the guard stopped it (409, "force" to send anyway); invalid: bad input (4xx);
+#: unavailable: the broker could not take it (503); routing_error: Celery's router failed for it (400);
+#: error: anything else (a bug: the log has the traceback).
+DispatchOutcome = Literal["sent", "refused", "invalid", "unavailable", "routing_error", "error"]
+OUTCOMES: Final[tuple[DispatchOutcome, ...]] = get_args(DispatchOutcome)
 
 MAX_DELAY_SECONDS = 366 * 24 * 3600  # countdown, ETA and expiry: at most a year ahead
 ETA_PAST_TOLERANCE = timedelta(seconds=60)  # clock skew we forgive on an ETA
@@ -19,6 +27,21 @@ PRIORITY_RANGE = range(0, 10)  # Celery's Redis priorities (steps 0,3,6,9); also
 OPTION_NAMES = ("queue", "countdown", "eta", "expires", "priority")
 FORM_PARAM_PREFIX = "arg."
 FORM_OPTION_PREFIX = "opt."
+
+
+def outcome_of(exc: BaseException | None) -> DispatchOutcome:
+    """The outcome of a dispatch that raised `exc` (None: it was sent)."""
+    if exc is None:
+        return "sent"
+    if isinstance(exc, DispatchRefused):
+        return "refused"
+    if isinstance(exc, DispatchInvalid):
+        return "invalid"
+    if isinstance(exc, BrokerUnavailable):
+        return "unavailable"
+    if isinstance(exc, RoutingError):
+        return "routing_error"
+    return "error"
 
 
 class DispatchInvalid(ValueError):

@@ -29,14 +29,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, cast, get_args
 
-from ..exceptions import BrokerUnavailable, DashboardError, DispatchRefused
-from ..model.dispatch import DispatchInvalid, DispatchRequest
+from ..exceptions import DashboardError, DispatchRefused
+from ..model.dispatch import OUTCOMES, DispatchInvalid, DispatchOutcome, DispatchRequest, outcome_of
 from ..model.secrets import mask_text
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["sent", "refused", "invalid", "unavailable", "error"]
-OUTCOMES: Final[tuple[Outcome, ...]] = get_args(Outcome)
+Outcome = DispatchOutcome  # the model's one vocabulary (an older log may hold "error" for a routing error)
 Source = Literal["api", "form"]
 SOURCES: Final[tuple[Source, ...]] = get_args(Source)
 
@@ -167,17 +166,6 @@ def error_text(exc: BaseException) -> str:
     if not isinstance(exc, DashboardError | DispatchInvalid):
         message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return mask_text(message)
-
-
-def outcome_of(exc: BaseException) -> Outcome:
-    """The outcome a dispatch that raised `exc` had."""
-    if isinstance(exc, DispatchRefused):
-        return "refused"
-    if isinstance(exc, DispatchInvalid):
-        return "invalid"
-    if isinstance(exc, BrokerUnavailable):
-        return "unavailable"
-    return "error"
 
 
 def request_entry(

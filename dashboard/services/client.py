@@ -223,9 +223,11 @@ class SendOnlyClient:
                 return RouteSource("route", router=f"router #{index + 1}: {_describe(candidate)}")
         return RouteSource("default")
 
-    def send(self, request: DispatchRequest) -> SentTask:
-        """Publish the task; raise BrokerUnavailable within the timeouts when the broker cannot take it."""
-        resolution = self.resolve(request.name, request.options, request.args, request.kwargs)
+    def send(self, request: DispatchRequest, resolution: Resolution | None = None) -> SentTask:
+        """Publish the task where `resolution` says (resolved here when not given); raise BrokerUnavailable within
+        the timeouts when the broker cannot take it."""
+        if resolution is None:
+            resolution = self.resolve(request.name, request.options, request.args, request.kwargs)
         options = request.options.as_celery_options()
         options["queue"] = resolution.queue
         started = time.monotonic()

@@ -1,6 +1,6 @@
 """The routing comparison, live: API routes (Celery's router on the send-only app) vs. what workers report.
 
-Runs on the monitor's ticker thread as two jobs:
+Runs on the monitor's jobs thread as two jobs (`jobs()`, handed to the monitor by the composition root):
 - "inspect": every `inspect_interval` (and right after a worker comes online or goes offline) asks the workers
   for active_queues / registered / conf / stats and stores the answers;
 - "routing": every couple of seconds reads queue depths from the broker, recompares (pure model, no I/O) and
@@ -14,8 +14,9 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +26,13 @@ from ..exceptions import BrokerUnavailable, DashboardError
 from ..model.alerts import Alert, AlertBook, AlertChange, conditions_from
 from ..model.routing import ApiRoute, BrokerQueue, RoutingReport, WorkerSnapshot, compare
 from ..model.secrets import mask_text
-from ..model.state import WorkerView
+from ..model.state import State, WorkerView
 from .broker import BrokerInspector
 from .client import BROKER_ERRORS, SendOnlyClient
-from .events import BrokerStatus
+from .events.hub import Hub
+from .events.jobs import Job
+from .events.stream import StreamLog
 from .inspection import InspectionResult, WorkerInspector, WorkerReport
-from .monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -113,21 +115,27 @@ class WorkerRouteResolver:
 
 
 class RoutingService:
-    """Owns the latest inspection, routing report and alert book; runs as jobs on the monitor's ticker."""
+    """Owns the latest inspection, routing report and alert book; runs as jobs on the monitor's jobs thread."""
 
     def __init__(
         self,
         client: SendOnlyClient,
-        monitor: Monitor,
+        state: State,
+        hub: Hub,
+        stream: StreamLog,
         inspector: WorkerInspector,
         broker: BrokerInspector | None,
         catalog_names: Iterable[str],
         *,
         grace: float,
         inspect_interval: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
-        self.monitor = monitor
+        self.state = state
+        self.hub = hub
+        self.stream = stream
+        self.clock = clock
         self.inspector = inspector
         self.broker = broker
         self.catalog_names = tuple(catalog_names)
@@ -150,11 +158,10 @@ class RoutingService:
 
     # -- wiring ----------------------------------------------------------------------------------------------
 
-    def install(self) -> None:
-        """Register the jobs and the event hook on the monitor."""
-        self.monitor.add_job("inspect", self.inspect_interval, self.run_inspection)
-        self.monitor.add_job("routing", min(ROUTING_EVERY, self.inspect_interval), self.run_comparison)
-        self.monitor.on_task_event(self.note_event)
+    def jobs(self) -> list[Job]:
+        """The two jobs for the monitor; `note_event` is its event hook."""
+        return [Job("inspect", self.inspect_interval, self.run_inspection),
+                Job("routing", min(ROUTING_EVERY, self.inspect_interval), self.run_comparison)]
 
     def note_event(self, event: Mapping[str, Any]) -> None:
         """Remember names from task-sent events and names rejected as NotRegistered (event thread, O(1))."""
@@ -167,7 +174,7 @@ class RoutingService:
         elif kind == "task-failed":
             exception = event.get("exception")
             if isinstance(exception, str) and exception.startswith("NotRegistered"):
-                task = self.monitor.state.task(str(event.get("uuid", "")))
+                task = self.state.task(str(event.get("uuid", "")))
                 if task is not None and task.name:
                     with self._lock:
                         _remember(self._not_registered, task.name, MAX_SENT_NAMES)
@@ -179,7 +186,7 @@ class RoutingService:
 
         A broker error is recorded in `inspect_error` and raised again, so the monitor retries soon.
         """
-        online = [view for view in self.monitor.state.workers() if view.online]
+        online = [view for view in self.state.workers() if view.online]
         try:
             result = self.inspector.inspect(expected=len(online) or None)
         except BROKER_ERRORS as exc:
@@ -187,7 +194,7 @@ class RoutingService:
             raise  # the monitor retries a job the broker failed soon, not a whole interval later
         self.inspect_error = None
         self._store(result)
-        self.inspected_at = self.monitor.clock()
+        self.inspected_at = self.clock()
         self.run_comparison()
 
     def _store(self, result: InspectionResult) -> None:
@@ -207,7 +214,7 @@ class RoutingService:
                 self._reports[hostname] = report
         for hostname, report in result.workers.items():
             pool = report.stats.get("pool") if report.stats else None
-            change = self.monitor.state.update_worker_inspection(
+            change = self.state.update_worker_inspection(
                 hostname,
                 queues=report.queues,
                 registered=report.registered,
@@ -215,7 +222,7 @@ class RoutingService:
                 stats=report.stats,
             )
             if hostname in changed:  # stats (uptime, counters) change every time: not worth a push
-                self.monitor.publish("worker", change.key)
+                self.hub.publish("worker", change.key)
 
     def run_comparison(self) -> None:
         """Depths from the broker, then the pure comparison and the alert book."""
@@ -223,7 +230,7 @@ class RoutingService:
             return  # nothing to compare until the workers have been asked once
         depths = self._broker_queues()
         report = self.compare(depths)
-        now = self.monitor.clock()
+        now = self.clock()
         with self._lock:
             not_registered = list(self._not_registered)
         conditions = conditions_from(report, not_registered_names=not_registered,
@@ -234,14 +241,14 @@ class RoutingService:
         self.report = report
         self.compared_at = now
         if changed_report:
-            self.monitor.publish("routing", "")
+            self.hub.publish("routing", "")
         for change in changes:
             with self._lock:
                 self.history.append(change)
                 self.changes_total += 1
                 del self.history[:-MAX_ALERT_HISTORY]
             log.warning("alert %s: %s", change.status, change.alert.message)
-            self.monitor.publish("alert", change.alert.key)
+            self.hub.publish("alert", change.alert.key)
 
     def _broker_queues(self) -> list[BrokerQueue]:
         if self.broker is None:
@@ -266,7 +273,7 @@ class RoutingService:
         """
         workers: list[tuple[str, bool, WorkerView | None]]
         if online_hosts is None:
-            workers = [(view.hostname, view.online, view) for view in self.monitor.state.workers()]
+            workers = [(view.hostname, view.online, view) for view in self.state.workers()]
         else:
             workers = [(hostname, True, None) for hostname in online_hosts]
         with self._lock:
@@ -349,9 +356,9 @@ class RoutingService:
         truth the sender needs, not a "no consumer" guessed from silence.
         """
         report = self.report
-        if report is None or self.monitor.status.status is not BrokerStatus.LIVE:
+        if report is None or not self.stream.live:
             return Guard(queue, False, False, known=False)
-        online = [view for view in self.monitor.state.workers() if view.online]
+        online = [view for view in self.state.workers() if view.online]
         with self._lock:
             reports = {view.hostname: self._reports.get(view.hostname) for view in online}
         consumers = [h for h, r in reports.items() if r is not None and r.queues and queue in r.queues]
@@ -360,7 +367,7 @@ class RoutingService:
 
     def online_workers(self) -> list[str]:
         """Hostnames of online workers, for the add-consumer form."""
-        return [view.hostname for view in self.monitor.state.workers() if view.online]
+        return [view.hostname for view in self.state.workers() if view.online]
 
 
 def _shown(report: WorkerReport | None) -> Any:

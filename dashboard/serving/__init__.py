@@ -73,11 +73,11 @@ def serve(app: Flask, options: ServerOptions, on_ready: Callable[[str], None]) -
 def _serve_werkzeug(app: Flask, options: ServerOptions, on_ready: Callable[[str], None]) -> None:
     from werkzeug.serving import make_server
 
-    from ..web.runtime import runtime
+    from ..web.context import services
 
     server = make_server(options.host, options.port, app, threaded=True)
     tune_interpreter()
-    runtime(app).ensure_started()
+    services(app).ensure_started()
     on_ready(ServerOptions(options.host, server.server_port).display_url)
     try:
         server.serve_forever()
@@ -90,9 +90,9 @@ def _serve_werkzeug(app: Flask, options: ServerOptions, on_ready: Callable[[str]
 def _serve_gunicorn(app: Flask, options: ServerOptions, on_ready: Callable[[str], None]) -> None:
     from gunicorn.app.base import BaseApplication
 
-    from ..web.runtime import runtime
+    from ..web.context import services
 
-    server_settings = runtime(app).config.server
+    server_settings = services(app).config.server
     app.config[LIMITS_KEY] = Limits(
         threads=options.threads,
         request_timeout=server_settings.request_timeout,
@@ -110,7 +110,7 @@ def _serve_gunicorn(app: Flask, options: ServerOptions, on_ready: Callable[[str]
     def post_worker_init(worker: Any) -> None:
         # In the worker process, after the fork: this process's one event listener.
         tune_interpreter()
-        runtime(app).ensure_started()
+        services(app).ensure_started()
 
     def worker_exit(server: Any, worker: Any) -> None:
         # gunicorn ends a worker by raising SystemExit up through the caller's stack. Our caller (the CLI, the

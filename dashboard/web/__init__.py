@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ..services.container import Services
+from . import api, audit, auth, errors, live, metrics, openapi, pages, security
+from .context import SERVICES_KEY
 
-def register(app: Flask) -> None:
-    """Attach every blueprint and the error handlers to `app`."""
-    from . import api, audit, auth, errors, live, metrics, openapi, pages, security
-    from .runtime import runtime
+__all__ = ["SERVICES_KEY", "register"]
 
+
+def register(app: Flask, services: Services) -> None:
+    """Attach every blueprint, the error handlers and the request guards to `app` (whose extensions hold
+    `services` under SERVICES_KEY)."""
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(live.bp)
@@ -18,12 +22,11 @@ def register(app: Flask) -> None:
     app.register_blueprint(openapi.bp)
     errors.register(app)
     security.register(app)
-    config = runtime(app).config
-    auth.install(app, config.auth, config.secret_key)
+    auth.install(app, services.config.auth, services.config.secret_key)
     app.before_request(live.hand_off)  # after the auth guard: a websocket is handed off only once allowed
 
     @app.before_request
     def _start_monitor() -> None:
         # The first request in each process starts the event listener there (never at import, never in a
         # pre-fork master), so every server model gets exactly one listener per serving process.
-        runtime().ensure_started()
+        services.ensure_started()

@@ -11,9 +11,9 @@ from ..exceptions import DispatchRefused, RoutingError
 from ..model.dispatch import DispatchInvalid, parse_api_body
 from ..model.secrets import mask_text
 from . import views
-from .audit import record_invalid
+from .audit import record_invalid, request_origin
+from .context import now, services
 from .live import status_message
-from .runtime import runtime
 
 bp = Blueprint("api", __name__)
 
@@ -36,15 +36,15 @@ def dispatch() -> tuple[Response, int]:
         return _bad_request(f"the body is not valid JSON: {exc}")
     except RecursionError:
         return _bad_request("the body is nested too deeply")
-    rt = runtime()
+    svc = services()
     try:
-        checked = parse_api_body(body, rt.config.catalog, rt.now())
+        checked = parse_api_body(body, svc.config.catalog, now())
     except DispatchInvalid as exc:
-        rt.stats.note_dispatch("invalid")
+        svc.stats.note_dispatch("invalid")
         record_invalid(body, exc)
         return _bad_request(exc.message, fields=exc.errors)
     try:
-        sent = rt.dispatch(checked)
+        sent = svc.dispatcher.dispatch(checked, request_origin())
     except DispatchRefused as exc:
         message = f'not sent: {exc}. Send again with "force": true to dispatch anyway.'
         return jsonify(error=message, warnings=exc.warnings, queue=exc.queue), 409
@@ -64,14 +64,14 @@ def dispatch() -> tuple[Response, int]:
 @bp.get("/api/catalog")
 def catalog() -> Response:
     """The catalog's tasks with their params and the queue each resolves to."""
-    rt = runtime()
+    svc = services()
     tasks = []
-    for spec in rt.config.catalog:
+    for spec in svc.config.catalog:
         # One task whose route cannot be resolved (a failing router, a queue missing from task_queues) is
         # listed with the reason; the rest of the catalog stays usable.
         route: dict[str, Any]
         try:
-            resolution = rt.client.resolve(spec.name)
+            resolution = svc.client.resolve(spec.name)
             route = {"queue": resolution.queue, "route": resolution.to_dict()}
         except RoutingError as exc:
             route = {"queue": None, "route": None, "route_error": mask_text(str(exc))}
@@ -102,7 +102,7 @@ def tasks() -> tuple[Response, int]:
         filters = views.TaskFilters.from_args(request.args)
     except views.FilterError as exc:
         return _bad_request(str(exc))
-    found, total = runtime().monitor.state.tasks(
+    found, total = services().monitor.state.tasks(
         filters.state, filters.name, filters.queue, filters.worker, filters.limit, filters.offset
     )
     return jsonify(tasks=[task.to_dict() for task in found], total=total, limit=filters.limit,
@@ -112,7 +112,7 @@ def tasks() -> tuple[Response, int]:
 @bp.get("/api/tasks/<path:task_id>", merge_slashes=False)
 def task(task_id: str) -> tuple[Response, int]:
     """One retained task with its timeline; 404 when it was never seen or has been evicted."""
-    found = runtime().monitor.state.task(task_id)
+    found = services().monitor.state.task(task_id)
     if found is None:
         return jsonify(error=f"no task with id {task_id[:255]!r} is retained (never seen, or evicted)"), 404
     return jsonify(found.to_dict()), 200
@@ -121,30 +121,34 @@ def task(task_id: str) -> tuple[Response, int]:
 @bp.get("/api/workers")
 def workers() -> Response:
     """Every worker seen, online or offline, with what inspection learned of it."""
-    return jsonify(workers=[worker.to_dict() for worker in runtime().monitor.state.workers()])
+    return jsonify(workers=[worker.to_dict() for worker in services().monitor.state.workers()])
 
 
 @bp.get("/api/status")
 def status() -> Response:
     """The event stream's connection, stream gaps, and counts of what is retained."""
-    rt = runtime()
-    body = status_message(rt)
+    svc = services()
+    body = status_message(svc)
     body.pop("type")
-    return jsonify(**body, counts=rt.monitor.state.counts().to_dict())
+    return jsonify(**body, counts=svc.monitor.state.counts().to_dict())
 
 
 @bp.get("/api/routing")
 def routing() -> Response:
-    """The comparison: one row per task and per queue, with status and problems (empty until inspected)."""
-    rt = runtime()
-    service = rt.routing
-    report = service.report if service is not None else None
-    body: dict[str, Any] = report.to_dict() if report is not None else {"tasks": [], "queues": []}
+    """The comparison: one row per task and per queue, with status and problems. Before the first comparison
+    every key is there too: no rows, and `consistent` null (not known yet)."""
+    svc = services()
+    service = svc.routing
+    report = service.report
+    body: dict[str, Any] = report.to_dict() if report is not None else {
+        "tasks": [], "queues": [], "default_queue": svc.client.settings.task_default_queue, "consistent": None,
+        "offline_workers": [],
+    }
     body.update(
-        inspected_at=service.inspected_at if service else None,
-        compared_at=service.compared_at if service else None,
-        broker_error=service.broker_error if service else None,
-        inspect_error=service.inspect_error if service else None,
+        inspected_at=service.inspected_at,
+        compared_at=service.compared_at,
+        broker_error=service.broker_error,
+        inspect_error=service.inspect_error,
     )
     return jsonify(body)
 
@@ -152,7 +156,7 @@ def routing() -> Response:
 @bp.get("/api/alerts")
 def alerts() -> Response:
     """Active alerts, oldest first: kind, queue/task/depth when they apply, since, message."""
-    return jsonify([alert.to_dict() for alert in views.alerts_of(runtime())])
+    return jsonify([alert.to_dict() for alert in views.alerts_of(services())])
 
 
 @bp.post("/api/queues/<path:queue>/consumers", merge_slashes=False)
@@ -161,7 +165,7 @@ def add_consumer(queue: str) -> tuple[Response, int]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("worker"), str):
         return _bad_request('send a JSON object like {"worker": "celery@host"}')
-    ok, message, status = views.consumer_fix(runtime(), queue, body["worker"].strip())
+    ok, message, status = views.consumer_fix(services(), queue, body["worker"].strip())
     return (jsonify(ok=message), status) if ok else (jsonify(error=message), status)
 
 

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, has_request_context, jsonify, render_template, request
+from flask import Blueprint, Response, g, has_request_context, jsonify, render_template, request
 
-from ..model.dispatch import FORM_OPTION_PREFIX, FORM_PARAM_PREFIX, DispatchInvalid
+from ..model.dispatch import FORM_OPTION_PREFIX, FORM_PARAM_PREFIX, OUTCOMES, DispatchInvalid
 from ..model.secrets import mask_text
 from ..services.audit import (
     ANONYMOUS,
     MAX_QUERY_LIMIT,
-    OUTCOMES,
     AuditEntry,
     AuditLog,
     AuditUnavailable,
@@ -28,13 +27,13 @@ from ..services.audit import (
     Source,
     json_text,
 )
+from .context import services
 from .query import MAX_FILTER_CHARS, MAX_OFFSET, QueryError, int_arg, page_query, text_args
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("audit", __name__)
 
-EXTENSION_KEY = "dispatch_dashboard"  # runtime.EXTENSION_KEY, spelled out: importing it would be circular
 PAGE_SIZE = 50
 PAGE_MAX_LIMIT = 500
 FILTER_KEYS = ("name", "outcome", "who", "queue", "task_id")
@@ -108,8 +107,7 @@ def _time_arg(args: Mapping[str, str], key: str) -> float | None:
 
 def audit_log() -> AuditLog | None:
     """The current app's audit log, or None when auditing is off."""
-    found: AuditLog | None = getattr(current_app.extensions[EXTENSION_KEY], "audit", None)
-    return found
+    return services().audit
 
 
 def request_origin() -> Origin:

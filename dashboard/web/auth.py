@@ -50,8 +50,7 @@ from ..model.auth import (
     same_origin,
 )
 from ..model.throttle import LoginThrottle, throttle_keys
-from ..services.sessions import SessionRevocations
-from .runtime import runtime
+from .context import services
 
 bp = Blueprint("auth", __name__)
 
@@ -69,10 +68,9 @@ class LoginGate:
     """What stands between a password guess and the password hash: a throttle per client address and user
     name, and a bound on how many hashes run at once (each costs memory and CPU)."""
 
-    def __init__(self, broker_url: str | None) -> None:
+    def __init__(self) -> None:
         self.throttle = LoginThrottle()
         self.hashing = threading.BoundedSemaphore(HASHES_AT_ONCE)
-        self.revocations = SessionRevocations(broker_url)
 
 
 class TooManyAttempts(Exception):
@@ -98,7 +96,7 @@ def install(app: Flask, settings: AuthSettings, secret_key: str | None) -> None:
                       PERMANENT_SESSION_LIFETIME=int(settings.session_hours * 3600))
     app.session_interface = _SessionInterface()
     app.extensions[_CACHE_KEY] = CredentialCache(secrets.token_bytes(32))
-    app.extensions[_GATE_KEY] = LoginGate(runtime(app).config.broker_url if settings.enabled else None)
+    app.extensions[_GATE_KEY] = LoginGate()
     app.register_blueprint(bp)
     app.before_request(_guard)
 
@@ -117,7 +115,7 @@ def csrf_token() -> str:
 
 
 def _settings() -> AuthSettings:
-    return runtime().config.auth
+    return services().config.auth
 
 
 def identify() -> Identity | None | bool:
@@ -136,7 +134,7 @@ def identify() -> Identity | None | bool:
     if isinstance(name, str) and isinstance(started, (int, float)) and isinstance(sid, str):
         user = settings.user(name)
         if user is not None and time.time() - started < settings.session_hours * 3600 \
-                and not _gate().revocations.revoked(sid):
+                and not services().revocations.revoked(sid):
             return Identity(user.name, user.role, "session")
     return None
 
@@ -250,7 +248,7 @@ def _guard() -> Any:
 
 def allowed_hosts() -> tuple[str, ...]:
     """[server] allowed_hosts, else the loopback names."""
-    configured = runtime().config.server.allowed_hosts
+    configured = services().config.server.allowed_hosts
     return configured if configured is not None else LOOPBACK_NAMES
 
 
@@ -326,7 +324,7 @@ def logout() -> BaseResponse:
     """End the session, here and on every replica (the session id is refused from now on)."""
     sid, started = session.get("sid"), session.get("since")
     if isinstance(sid, str) and isinstance(started, (int, float)):
-        _gate().revocations.revoke(sid, started + _settings().session_hours * 3600)
+        services().revocations.revoke(sid, started + _settings().session_hours * 3600)
     session.clear()
     return redirect(url_for("auth.login"))
 

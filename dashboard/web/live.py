@@ -22,9 +22,10 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from ..model.state import TaskView
-from ..services.hub import Batch, Hub, Subscriber
+from ..services.container import Services
+from ..services.events.hub import Batch, Hub, Subscriber
 from . import views
-from .runtime import Runtime, runtime
+from .context import services
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,10 @@ class LiveSession:
             self.hub.unsubscribe(self._subscriber)
 
 
-def _pump(ws: Any, rt: Runtime, session: LiveSession) -> None:
+def _pump(ws: Any, svc: Services, session: LiveSession) -> None:
     """Drive a session over a blocking websocket in this thread (Flask's dev server, through flask-sock)."""
-    rt.ensure_started()
-    subscriber: Subscriber = rt.monitor.hub.subscribe()
+    svc.ensure_started()
+    subscriber: Subscriber = svc.monitor.hub.subscribe()
     try:
         _send_all(ws, session.snapshot())
         while True:
@@ -108,7 +109,7 @@ def _pump(ws: Any, rt: Runtime, session: LiveSession) -> None:
     except (ConnectionClosed, OSError):
         return
     finally:
-        rt.monitor.hub.unsubscribe(subscriber)
+        svc.monitor.hub.unsubscribe(subscriber)
 
 
 def _send_all(ws: Any, messages: list[str]) -> None:
@@ -120,13 +121,13 @@ def _send_all(ws: Any, messages: list[str]) -> None:
 # -- /ws/ui: htmx fragments ----------------------------------------------------------------------------------
 
 
-def ui_session(rt: Runtime, args: Mapping[str, str]) -> LiveSession:
+def ui_session(svc: Services, args: Mapping[str, str]) -> LiveSession:
     """Fragments for the page named by ?view= (tasks, task, workers, routing, status), swapped in by element id."""
     view = args.get("view", "status")
 
     def status_html() -> str:
         # What every page shows: the connection indicator and the alert banner.
-        return views.status_fragment(rt) + views.alert_banner_fragment(rt)
+        return views.status_fragment(svc) + views.alert_banner_fragment(svc)
 
     def chrome(batch: Batch) -> str:
         changed = batch.get("status") or batch.get("gap") or batch.get("alert")
@@ -140,51 +141,51 @@ def ui_session(rt: Runtime, args: Mapping[str, str]) -> LiveSession:
         shown: set[str] = set()
 
         def snapshot() -> list[str]:
-            return [status_html() + views.workers_fragment(rt) + _table(rt, filters, shown)]
+            return [status_html() + views.workers_fragment(svc) + _table(svc, filters, shown)]
 
-        return LiveSession(snapshot, lambda batch: tasks_update(rt, filters, shown, batch, chrome(batch)),
+        return LiveSession(snapshot, lambda batch: tasks_update(svc, filters, shown, batch, chrome(batch)),
                            UI_FRAME_SECONDS)
     if view == "task":
         task_id = args.get("id", "")[:255]
 
         def task_snapshot() -> list[str]:
-            return [status_html() + views.task_detail_fragment(rt, task_id)]
+            return [status_html() + views.task_detail_fragment(svc, task_id)]
 
         def task_update(batch: Batch) -> list[str]:
             parts = [chrome(batch)]
             if task_id in batch.get("task"):
-                parts.append(views.task_detail_fragment(rt, task_id))
+                parts.append(views.task_detail_fragment(svc, task_id))
             return ["".join(parts)]
 
         return LiveSession(task_snapshot, task_update, UI_FRAME_SECONDS)
     if view == "workers":
-        return LiveSession(lambda: [status_html() + views.workers_fragment(rt)],
-                           lambda b: [chrome(b) + (views.workers_fragment(rt) if b.get("worker") else "")],
+        return LiveSession(lambda: [status_html() + views.workers_fragment(svc)],
+                           lambda b: [chrome(b) + (views.workers_fragment(svc) if b.get("worker") else "")],
                            UI_FRAME_SECONDS)
     if view == "routing":
 
         def routing_snapshot() -> list[str]:
-            return [status_html() + views.alerts_panel_fragment(rt) + views.routing_fragment(rt)]
+            return [status_html() + views.alerts_panel_fragment(svc) + views.routing_fragment(svc)]
 
-        online_sent: list[list[str]] = [rt.routing.online_workers() if rt.routing is not None else []]
+        online_sent: list[list[str]] = [svc.routing.online_workers() if svc.routing is not None else []]
 
         def routing_update(batch: Batch) -> list[str]:
             parts = [chrome(batch)]
             # Re-send the panel (and its fix forms) only when what it shows changed: a heartbeat must not wipe
             # a form the user is filling in.
-            online = rt.routing.online_workers() if rt.routing is not None else []
+            online = svc.routing.online_workers() if svc.routing is not None else []
             if batch.get("alert") or (batch.get("worker") and online != online_sent[0]):
                 online_sent[0] = online
-                parts.append(views.alerts_panel_fragment(rt))
+                parts.append(views.alerts_panel_fragment(svc))
             if batch.get("routing"):
-                parts.append(views.routing_fragment(rt))
+                parts.append(views.routing_fragment(svc))
             return ["".join(parts)]
 
         return LiveSession(routing_snapshot, routing_update, UI_FRAME_SECONDS)
     return LiveSession(lambda: [status_html()], lambda b: [chrome(b)], UI_FRAME_SECONDS)
 
 
-def tasks_update(rt: Runtime, filters: views.TaskFilters, shown: set[str], batch: Batch, chrome: str) -> list[str]:
+def tasks_update(svc: Services, filters: views.TaskFilters, shown: set[str], batch: Batch, chrome: str) -> list[str]:
     """The tasks page's messages for one frame: chrome, workers and table in one, changed rows in another.
 
     Rows travel alone because the browser parses each message as one fragment, and the HTML parser drops a
@@ -194,20 +195,20 @@ def tasks_update(rt: Runtime, filters: views.TaskFilters, shown: set[str], batch
     parts: list[str] = [chrome]
     rows: list[str] = []
     if batch.get("worker"):
-        parts.append(views.workers_fragment(rt))
+        parts.append(views.workers_fragment(svc))
     changed = batch.get("task")
     if changed:
         unseen = any(key not in shown for key in changed)
         if filters.active or (unseen and filters.offset == 0):
-            parts.append(_table(rt, filters, shown))
+            parts.append(_table(svc, filters, shown))
         else:
-            rows += cached_tasks(rt, (key for key in changed if key in shown), views.row_kind(oob=True),
+            rows += cached_tasks(svc, (key for key in changed if key in shown), views.row_kind(oob=True),
                                  views.task_row_fragment)
     return ["".join(parts), "".join(rows)]
 
 
-def _table(rt: Runtime, filters: views.TaskFilters, shown: set[str]) -> str:
-    table, tasks = views.task_table_fragment(rt, filters)
+def _table(svc: Services, filters: views.TaskFilters, shown: set[str]) -> str:
+    table, tasks = views.task_table_fragment(svc, filters)
     shown.clear()
     shown.update(task.id for task in tasks)
     return table
@@ -228,23 +229,23 @@ def worker_message(worker: Any) -> dict[str, Any]:
     return {"type": "worker", **worker.to_dict()}
 
 
-def status_message(rt: Runtime) -> dict[str, Any]:
+def status_message(svc: Services) -> dict[str, Any]:
     """A `"type": "status"` message: the event stream's connection and any gaps."""
-    monitor = rt.monitor
+    monitor = svc.monitor
     return {"type": "status", **monitor.status.to_dict(), "gaps_total": monitor.gaps_total,
             "gaps": [gap.to_dict() for gap in monitor.gaps[-5:]]}
 
 
-def snapshot_message(rt: Runtime, task_limit: int) -> dict[str, Any]:
+def snapshot_message(svc: Services, task_limit: int) -> dict[str, Any]:
     """The first message on every connect (and after an overflow): everything the stream reports on."""
-    tasks, total = rt.monitor.state.tasks(limit=task_limit)
+    tasks, total = svc.monitor.state.tasks(limit=task_limit)
     return {
         "type": "snapshot",
         "tasks": [task_message(task) for task in tasks],
         "tasks_total": total,
-        "workers": [worker_message(worker) for worker in rt.monitor.state.workers()],
-        "status": status_message(rt),
-        "alerts": [alert.to_dict() for alert in views.alerts_of(rt)],
+        "workers": [worker_message(worker) for worker in svc.monitor.state.workers()],
+        "status": status_message(svc),
+        "alerts": [alert.to_dict() for alert in views.alerts_of(svc)],
     }
 
 
@@ -252,7 +253,7 @@ def _dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, default=str, separators=(",", ":"))
 
 
-def events_session(rt: Runtime, args: Mapping[str, str]) -> LiveSession:
+def events_session(svc: Services, args: Mapping[str, str]) -> LiveSession:
     """JSON objects with a "type": a "snapshot" first, then "task", "worker", "status", "alert", "routing"."""
     try:
         limit = int(str(args.get("tasks", SNAPSHOT_TASKS_DEFAULT))[:12])
@@ -263,17 +264,17 @@ def events_session(rt: Runtime, args: Mapping[str, str]) -> LiveSession:
     alerts_seen = [0]  # alert changes already reflected in what this client has
 
     def snapshot() -> list[str]:
-        if rt.routing is not None:
-            alerts_seen[0] = rt.routing.changes_total
-        return [_dumps(snapshot_message(rt, limit))]
+        if svc.routing is not None:
+            alerts_seen[0] = svc.routing.changes_total
+        return [_dumps(snapshot_message(svc, limit))]
 
     def update(batch: Batch) -> list[str]:
-        return list(_messages(rt, batch, alerts_seen))
+        return list(_messages(svc, batch, alerts_seen))
 
     return LiveSession(snapshot, update, JSON_FRAME_SECONDS)
 
 
-SESSIONS: dict[str, Callable[[Runtime, Mapping[str, str]], LiveSession]] = {
+SESSIONS: dict[str, Callable[[Services, Mapping[str, str]], LiveSession]] = {
     "live.ui": ui_session,
     "live.events": events_session,
 }
@@ -284,11 +285,11 @@ def open_session() -> LiveSession:
     its frames later, from another thread, in a copy of this request's context."""
     endpoint = request.endpoint or ""
     identity = g.get("identity")
-    rt = runtime()
-    rt.ensure_started()
-    session = SESSIONS[endpoint](rt, request.args)
+    svc = services()
+    svc.ensure_started()
+    session = SESSIONS[endpoint](svc, request.args)
     session.client = identity.name if identity is not None and identity.via != "open" else (request.remote_addr or "")
-    session.hub = rt.monitor.hub
+    session.hub = svc.monitor.hub
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     environ = {key: value for key, value in request.environ.items() if not key.startswith(("wsgi.input", "dashboard."))}
     environ["wsgi.input"] = io.BytesIO()
@@ -321,12 +322,12 @@ def hand_off() -> Any:
 
 def ui(ws: Any) -> None:
     """/ws/ui on Flask's dev server: this thread holds the socket."""
-    _pump(ws, runtime(), open_session())
+    _pump(ws, services(), open_session())
 
 
 def events(ws: Any) -> None:
     """/ws/events on Flask's dev server: this thread holds the socket."""
-    _pump(ws, runtime(), open_session())
+    _pump(ws, services(), open_session())
 
 
 # flask-sock's decorator is untyped: register the handlers by calling it, keeping their own signatures.
@@ -336,17 +337,17 @@ _sock.route("/ws/ui", bp=bp)(ui)
 _sock.route("/ws/events", bp=bp)(events)
 
 
-def _messages(rt: Runtime, batch: Batch, alerts_seen: list[int]) -> Iterator[str]:
+def _messages(svc: Services, batch: Batch, alerts_seen: list[int]) -> Iterator[str]:
     """One frame's JSON messages, encoded."""
-    state = rt.monitor.state
+    state = svc.monitor.state
     if batch.get("status") or batch.get("gap"):
-        yield _dumps(status_message(rt))
+        yield _dumps(status_message(svc))
     for hostname in batch.get("worker"):
         worker = state.worker(hostname)
         if worker is not None:
             yield _dumps(worker_message(worker))
-    yield from cached_tasks(rt, batch.get("task"), "json", lambda task: _dumps(task_message(task)))
-    routing = rt.routing
+    yield from cached_tasks(svc, batch.get("task"), "json", lambda task: _dumps(task_message(task)))
+    routing = svc.routing
     if routing is not None:
         if batch.get("alert"):
             # Every change in order, from the history: the batch only says which keys changed, and a key
@@ -358,13 +359,13 @@ def _messages(rt: Runtime, batch: Batch, alerts_seen: list[int]) -> Iterator[str
             yield _dumps({"type": "routing", **routing.report.to_dict()})
 
 
-def cached_tasks(rt: Runtime, task_ids: Iterable[str], kind: str, render: Callable[[TaskView], str]) -> list[str]:
+def cached_tasks(svc: Services, task_ids: Iterable[str], kind: str, render: Callable[[TaskView], str]) -> list[str]:
     """`render(task)` for each retained task of `task_ids` (in that order), from the app's cache when another
     client already rendered that very snapshot: the versions under one lock, then only the missing snapshots."""
     wanted = list(task_ids)
     if not wanted:
         return []
-    state, cache = rt.monitor.state, rt.rendered
+    state, cache = svc.monitor.state, svc.rendered
     out: dict[str, str] = {}
     missing: list[str] = []
     for task_id, version in state.task_versions(wanted).items():

@@ -14,9 +14,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ..model.alerts import ALERT_KINDS
-from ..services.monitor import Monitor
-from ..services.stats import RUNTIME_BUCKETS
-from .runtime import Runtime, runtime
+from ..model.dispatch import OUTCOMES
+from ..services.container import Services
+from ..services.events.monitor import Monitor
+from ..services.events.stats import RUNTIME_BUCKETS
+from .context import services
 
 bp = Blueprint("metrics", __name__)
 
@@ -67,19 +69,19 @@ class MonitorCollector(Collector):
             yield from more()
 
 
-def runtime_metrics(rt: Runtime) -> Callable[[], Iterator[Metric]]:
+def runtime_metrics(svc: Services) -> Callable[[], Iterator[Metric]]:
     """Queues, alerts, finished tasks, runtimes and dispatch outcomes."""
 
     def collect() -> Iterator[Metric]:
         yield CounterMetricFamily(f"{PREFIX}_tasks_resynced",
                                   "Tasks recovered after a gap in the event stream (inspect, result backend).",
-                                  value=rt.resync.resynced_total if rt.resync is not None else 0)
+                                  value=svc.resync.resynced_total if svc.resync is not None else 0)
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Messages waiting in a queue (Redis: all priorities).",
                                   labels=["queue"])
         consumers = GaugeMetricFamily(f"{PREFIX}_queue_consumers", "Online workers consuming a queue.",
                                       labels=["queue"])
         orphaned = 0
-        report = rt.routing.report if rt.routing is not None else None
+        report = svc.routing.report if svc.routing is not None else None
         for queue in report.queues if report is not None else ():
             if queue.depth is not None:
                 depth.add_metric([queue.name], queue.depth)
@@ -91,7 +93,7 @@ def runtime_metrics(rt: Runtime) -> Callable[[], Iterator[Metric]]:
                                 value=orphaned)
         alerts = GaugeMetricFamily(f"{PREFIX}_alerts", "Active alerts by kind.", labels=["kind"])
         by_kind: dict[str, int] = dict.fromkeys(ALERT_KINDS, 0)
-        for alert in rt.routing.alerts() if rt.routing is not None else ():
+        for alert in svc.routing.alerts() if svc.routing is not None else ():
             by_kind[alert.kind] = by_kind.get(alert.kind, 0) + 1
         for kind, count in by_kind.items():
             alerts.add_metric([kind], count)
@@ -99,7 +101,7 @@ def runtime_metrics(rt: Runtime) -> Callable[[], Iterator[Metric]]:
         yield GaugeMetricFamily(f"{PREFIX}_routing_consistent", "1 when API routes and workers agree.",
                                 value=1 if report is not None and report.consistent else 0)
 
-        stats = rt.stats.snapshot()
+        stats = svc.stats.snapshot()
         finished = CounterMetricFamily(f"{PREFIX}_tasks_finished", "Tasks seen finishing, by name and state.",
                                        labels=["name", "state"])
         for (name, state), count in sorted(stats["finished"].items()):
@@ -110,11 +112,11 @@ def runtime_metrics(rt: Runtime) -> Callable[[], Iterator[Metric]]:
             cumulative += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
         runtime_hist = HistogramMetricFamily(f"{PREFIX}_task_runtime_seconds",
-                                             "Runtime of succeeded tasks, from task-succeeded events.")
+                                             "Services of succeeded tasks, from task-succeeded events.")
         runtime_hist.add_metric([], buckets, sum_value=stats["runtime_sum"])
         yield runtime_hist
         dispatches = CounterMetricFamily(f"{PREFIX}_dispatches", "Dispatch attempts by outcome.", labels=["outcome"])
-        for outcome in ("sent", "refused", "invalid", "unavailable", "routing_error"):
+        for outcome in OUTCOMES:
             dispatches.add_metric([outcome], stats["dispatches"].get(outcome, 0))
         yield dispatches
 
@@ -127,8 +129,8 @@ def registry_for(app: Flask) -> CollectorRegistry:
     registry: CollectorRegistry | None = extensions.get(_REGISTRY_KEY)
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
-        rt = runtime()
-        registry.register(MonitorCollector(rt.monitor, [runtime_metrics(rt), *rt.metric_sources]))
+        svc = services()
+        registry.register(MonitorCollector(svc.monitor, [runtime_metrics(svc)]))
         extensions[_REGISTRY_KEY] = registry
     return registry
 

@@ -16,13 +16,13 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from ..config import MAX_BODY_BYTES
 from ..model.alerts import ALERT_KINDS
 from ..model.catalog import PARAM_TYPES
-from ..model.dispatch import MAX_ARGS, MAX_DELAY_SECONDS, MAX_JSON_DEPTH, OPTION_NAMES, PRIORITY_RANGE
+from ..model.dispatch import MAX_ARGS, MAX_DELAY_SECONDS, MAX_JSON_DEPTH, OPTION_NAMES, OUTCOMES, PRIORITY_RANGE
 from ..model.routing import SEVERITY, QueueStatus, RouteSource, TaskStatus
 from ..model.state.tasks import EVENT_STATES, TASK_EVENT_TYPES, TIMESTAMP_KEYS
-from ..services.audit import MAX_QUERY_LIMIT, OUTCOMES, SOURCES
-from ..services.events import BrokerStatus
+from ..services.audit import MAX_QUERY_LIMIT, SOURCES
+from ..services.events.listener import BrokerStatus
 from . import audit, auth, live, query, views
-from .runtime import runtime
+from .context import services
 
 bp = Blueprint("openapi", __name__)
 
@@ -240,12 +240,11 @@ def _schemas() -> Schema:
         }),
         "Routing": _object({
             "tasks": _array(_ref("TaskRouting")), "queues": _array(_ref("QueueRouting")),
-            "default_queue": STRING, "consistent": BOOLEAN, "offline_workers": STRINGS,
+            "default_queue": STRING, "consistent": {"type": ["boolean", "null"]}, "offline_workers": STRINGS,
             "inspected_at": OPT_NUMBER, "compared_at": OPT_NUMBER, "broker_error": OPT_STRING,
             "inspect_error": OPT_STRING,
-        }, optional=("default_queue", "consistent", "offline_workers"),
-            description="The comparison of API routes and workers; tasks and queues are empty (and default_queue, "
-                        "consistent, offline_workers absent) until the workers have been inspected once"),
+        }, description="The comparison of API routes and workers; until the first comparison tasks and queues are "
+                       "empty and consistent is null (not known yet)"),
         "Alert": _object({
             "kind": {"enum": list(ALERT_KINDS)}, "key": STRING, "queue": STRING, "task": STRING, "depth": INTEGER,
             "since": NUMBER, "since_iso": STRING, "raised_at": NUMBER, "updated_at": NUMBER, "cleared_at": NUMBER,
@@ -361,7 +360,7 @@ def document(app: Flask) -> dict[str, Any]:
     except PackageNotFoundError:  # running from a checkout that was never installed
         release = "0.0.0"
     security: list[Schema] = [{"basicAuth": []}, {"bearerAuth": []}, {"session": []}]
-    if not runtime(app).config.auth.enabled:
+    if not services(app).config.auth.enabled:
         security.append({})
     paths = _paths()
     public = {openapi_path(rule.rule) for rule in app.url_map.iter_rules() if rule.endpoint in auth.PUBLIC_ENDPOINTS}

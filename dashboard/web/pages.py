@@ -25,10 +25,11 @@ from ..model.dispatch import (
 from ..model.secrets import mask_text
 from ..model.state import EVENT_STATES
 from ..services.client import Resolution, SentTask
+from ..services.container import Services
 from ..services.routing import Guard
 from . import views
-from .audit import record_invalid
-from .runtime import Runtime, runtime
+from .audit import record_invalid, request_origin
+from .context import now, services
 
 bp = Blueprint("pages", __name__)
 
@@ -36,10 +37,10 @@ bp = Blueprint("pages", __name__)
 @bp.app_context_processor
 def _connection() -> dict[str, Any]:
     """Every page shows the event stream's connection indicator."""
-    rt = runtime()
-    monitor = rt.monitor
+    svc = services()
+    monitor = svc.monitor
     return {"stream": monitor.status, "gaps": monitor.gaps, "gaps_total": monitor.gaps_total,
-            "alerts": views.alerts_of(rt)}
+            "alerts": views.alerts_of(svc)}
 
 
 @bp.app_template_filter("clock")
@@ -96,32 +97,32 @@ class FormView:
         return [f"{k}: {v}" if k else v for k, v in self.errors.items() if k not in shown]
 
 
-def _preview(rt: Runtime, name: str, queue: str | None) -> tuple[Resolution | None, str | None]:
+def _preview(svc: Services, name: str, queue: str | None) -> tuple[Resolution | None, str | None]:
     """The route preview for a name (and optional queue override), or why there is none."""
     if task_name_problem(name):
         return None, None
     try:
-        return rt.client.resolve(name, DispatchOptions(queue=queue or None)), None
+        return svc.client.resolve(name, DispatchOptions(queue=queue or None)), None
     except RoutingError as exc:
         return None, mask_text(str(exc))
 
 
-def _set_preview(rt: Runtime, view: FormView, name: str, queue: str | None) -> None:
+def _set_preview(svc: Services, view: FormView, name: str, queue: str | None) -> None:
     """Fill the form's route preview and the warnings the latest worker inspection gives for it."""
-    view.resolution, view.route_error = _preview(rt, name, queue)
-    view.guard = rt.guard(name, view.resolution.queue) if view.resolution is not None else None
+    view.resolution, view.route_error = _preview(svc, name, queue)
+    view.guard = svc.routing.guard(name, view.resolution.queue) if view.resolution is not None else None
 
 
-def _catalog_forms(rt: Runtime) -> list[FormView]:
+def _catalog_forms(svc: Services) -> list[FormView]:
     forms = []
-    for index, spec in enumerate(rt.config.catalog):
+    for index, spec in enumerate(svc.config.catalog):
         view = FormView(f"dispatch-{index}", spec)
-        _set_preview(rt, view, spec.name, None)
+        _set_preview(svc, view, spec.name, None)
         forms.append(view)
     return forms
 
 
-def _form_for(rt: Runtime, form_id: str) -> FormView:
+def _form_for(svc: Services, form_id: str) -> FormView:
     """An empty form view for `form_id` as the client named it (validated, never trusted)."""
     match = _FORM_ID_RE.fullmatch(form_id)
     if match is None:
@@ -129,7 +130,7 @@ def _form_for(rt: Runtime, form_id: str) -> FormView:
     if match.group(1) == "raw":
         return FormView(RAW_FORM_ID, None)
     index = int(match.group(1))
-    tasks = rt.config.catalog.tasks
+    tasks = svc.config.catalog.tasks
     if index >= len(tasks):
         return FormView(RAW_FORM_ID, None)
     return FormView(form_id, tasks[index])
@@ -142,22 +143,22 @@ def _is_htmx() -> bool:
 @bp.get("/")
 def index() -> str:
     """The dispatch page: one form per catalog task, plus send-by-name."""
-    rt = runtime()
+    svc = services()
     return render_template(
         "pages/index.html",
-        forms=_catalog_forms(rt),
+        forms=_catalog_forms(svc),
         raw_form=FormView(RAW_FORM_ID, None),
-        broker=rt.client.broker_display,
-        config_source=rt.client.settings.origin,
+        broker=svc.client.broker_display,
+        config_source=svc.client.settings.origin,
     )
 
 
 @bp.post("/dispatch")
 def submit() -> tuple[str, int]:
     """Handle a dispatch form: the form again with inline errors (422), the outcome (200), or 503."""
-    rt = runtime()
+    svc = services()
     form_data = {key: value for key, value in request.form.items()}
-    view = _form_for(rt, form_data.get("form_id", ""))
+    view = _form_for(svc, form_data.get("form_id", ""))
     if view.spec is not None:
         form_data["name"] = view.spec.name
         form_data.pop("mode", None)
@@ -165,14 +166,14 @@ def submit() -> tuple[str, int]:
         form_data["mode"] = "raw"
     view.values = form_data
     queue_override = form_data.get(FORM_OPTION_PREFIX + "queue", "").strip()
-    _set_preview(rt, view, form_data.get("name", "").strip(), queue_override)
+    _set_preview(svc, view, form_data.get("name", "").strip(), queue_override)
     status = 200
     try:
-        checked = parse_form(form_data, rt.config.catalog, rt.now())
-        view.sent = rt.dispatch(checked)
+        checked = parse_form(form_data, svc.config.catalog, now())
+        view.sent = svc.dispatcher.dispatch(checked, request_origin())
         view.values = {"form_id": view.form_id, "name": form_data["name"]} if view.raw else {}
     except DispatchInvalid as exc:
-        rt.stats.note_dispatch("invalid")
+        svc.stats.note_dispatch("invalid")
         record_invalid(form_data, exc)
         view.errors = _form_errors(exc.errors)
         status = 422
@@ -187,15 +188,15 @@ def submit() -> tuple[str, int]:
         status = 503
     if _is_htmx():
         return render_template("partials/dispatch_form.html", form=view), status
-    forms = _catalog_forms(rt)
+    forms = _catalog_forms(svc)
     raw_form = FormView(RAW_FORM_ID, None)
     if view.raw:
         raw_form = view
     else:
         forms = [view if f.form_id == view.form_id else f for f in forms]
     page = render_template(
-        "pages/index.html", forms=forms, raw_form=raw_form, broker=rt.client.broker_display,
-        config_source=rt.client.settings.origin,
+        "pages/index.html", forms=forms, raw_form=raw_form, broker=svc.client.broker_display,
+        config_source=svc.client.settings.origin,
     )
     return page, status
 
@@ -216,38 +217,38 @@ def _form_errors(errors: Mapping[str, str]) -> dict[str, str]:
 @bp.get("/dispatch/preview")
 def preview() -> str:
     """The route preview fragment for the name and queue override a form holds right now."""
-    rt = runtime()
-    view = _form_for(rt, request.args.get("form_id", ""))
+    svc = services()
+    view = _form_for(svc, request.args.get("form_id", ""))
     name = view.spec.name if view.spec is not None else request.args.get("name", "").strip()
     queue = request.args.get(FORM_OPTION_PREFIX + "queue", "").strip()
     view.values = {"name": name}
-    _set_preview(rt, view, name, queue)
+    _set_preview(svc, view, name, queue)
     return render_template("partials/route_preview.html", form=view)
 
 
 @bp.get("/tasks")
 def tasks() -> tuple[str, int]:
     """The live tasks page: newest first, filtered by state, name, queue and worker, paginated."""
-    rt = runtime()
+    svc = services()
     filter_error = None
     status = 200
     try:
         filters = views.TaskFilters.from_args(request.args, max_limit=500)
     except views.FilterError as exc:
         filters, filter_error, status = views.TaskFilters(), str(exc), 400
-    table_html, _ = views.task_table_fragment(rt, filters)
+    table_html, _ = views.task_table_fragment(svc, filters)
     live_url = url_for("live.ui", view="tasks") + ("&" + filters.query() if filters.query() else "")
     return render_template(
         "pages/tasks.html", filters=filters, filter_error=filter_error, states=EVENT_STATES,
-        table_html=Markup(table_html), workers_html=Markup(views.workers_fragment(rt)), live_url=live_url,
+        table_html=Markup(table_html), workers_html=Markup(views.workers_fragment(svc)), live_url=live_url,
     ), status
 
 
 @bp.get("/workers")
 def workers() -> str:
     """The live workers panel."""
-    rt = runtime()
-    return render_template("pages/workers.html", workers_html=Markup(views.workers_fragment(rt)),
+    svc = services()
+    return render_template("pages/workers.html", workers_html=Markup(views.workers_fragment(svc)),
                            live_url=url_for("live.ui", view="workers"))
 
 
@@ -256,16 +257,16 @@ def task(task_id: str) -> tuple[str, int]:
     """One task, live from events, plus what the result backend knew when the page loaded."""
     if not _TASK_ID_RE.fullmatch(task_id):
         raise NotFound()
-    rt = runtime()
+    svc = services()
     backend: dict[str, Any] | None = None
     backend_error = None
     try:
-        backend = rt.client.result_state(task_id)
+        backend = svc.client.result_state(task_id)
     except BrokerUnavailable as exc:
         backend_error = mask_text(str(exc))
     return render_template(
         "pages/task.html", task_id=task_id, backend=backend, backend_error=backend_error,
-        detail_html=Markup(views.task_detail_fragment(rt, task_id)),
+        detail_html=Markup(views.task_detail_fragment(svc, task_id)),
         live_url=url_for("live.ui", view="task", id=task_id),
     ), 200
 
@@ -273,10 +274,10 @@ def task(task_id: str) -> tuple[str, int]:
 @bp.get("/routing")
 def routing() -> str:
     """API routing and worker routing side by side, with the alerts and their fixes."""
-    rt = runtime()
+    svc = services()
     return render_template(
-        "pages/routing.html", routing_html=Markup(views.routing_fragment(rt)),
-        alerts_html=Markup(views.alerts_panel_fragment(rt)), config_source=rt.client.settings.origin,
+        "pages/routing.html", routing_html=Markup(views.routing_fragment(svc)),
+        alerts_html=Markup(views.alerts_panel_fragment(svc)), config_source=svc.client.settings.origin,
         live_url=url_for("live.ui", view="routing"),
     )
 
@@ -284,10 +285,10 @@ def routing() -> str:
 @bp.post("/routing/add-consumer")
 def add_consumer() -> tuple[str, int]:
     """The one-click fix of an orphaned queue: a chosen online worker starts consuming it (confirmed)."""
-    rt = runtime()
+    svc = services()
     queue = request.form.get("queue", "").strip()
     worker = request.form.get("worker", "").strip()
     if request.form.get("confirm") not in ("1", "on", "true"):
         return render_template("partials/fix_result.html", ok=False, message="Tick \"I confirm\" first."), 422
-    ok, message, status = views.consumer_fix(rt, queue, worker)
+    ok, message, status = views.consumer_fix(svc, queue, worker)
     return render_template("partials/fix_result.html", ok=ok, message=message), status

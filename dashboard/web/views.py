@@ -19,9 +19,9 @@ from ..model.catalog import task_name_problem
 from ..model.secrets import mask_text
 from ..model.state import EVENT_STATES, TaskView
 from ..services.client import BROKER_ERRORS
+from ..services.container import Services
 from ..services.inspection import NoReply, WorkerRefused
 from .query import MAX_FILTER_CHARS, MAX_OFFSET, QueryError, int_arg, page_query, text_args
-from .runtime import Runtime
 
 PAGE_SIZE = 50
 FILTER_KEYS = ("state", "name", "queue", "worker")
@@ -75,30 +75,30 @@ class TaskFilters:
         return page_query(filters, self.limit, self.offset, PAGE_SIZE, changes)
 
 
-def status_fragment(rt: Runtime) -> str:
+def status_fragment(svc: Services) -> str:
     """The connection indicator (#conn-status)."""
-    monitor = rt.monitor
+    monitor = svc.monitor
     return render_template("partials/conn_status.html", stream=monitor.status, gaps=monitor.gaps,
                            gaps_total=monitor.gaps_total)
 
 
-def workers_fragment(rt: Runtime) -> str:
+def workers_fragment(svc: Services) -> str:
     """The workers panel (#workers-panel)."""
-    return render_template("partials/workers_panel.html", workers=rt.monitor.state.workers(), now=rt.monitor.clock())
+    return render_template("partials/workers_panel.html", workers=svc.monitor.state.workers(), now=svc.monitor.clock())
 
 
-def task_table_fragment(rt: Runtime, filters: TaskFilters) -> tuple[str, list[TaskView]]:
+def task_table_fragment(svc: Services, filters: TaskFilters) -> tuple[str, list[TaskView]]:
     """The tasks table (#task-table) and the tasks it shows.
 
     Rows come from the app's render cache when any page or socket already rendered that snapshot of the task:
     a table re-sent to many viewers as tasks stream in renders each row once.
     """
-    tasks, total = rt.monitor.state.tasks(filters.state, filters.name, filters.queue, filters.worker,
+    tasks, total = svc.monitor.state.tasks(filters.state, filters.name, filters.queue, filters.worker,
                                           filters.limit, filters.offset)
     # Our own template's output: everything from the task was escaped there.
-    rows = [Markup(rt.rendered.render(row_kind(oob=False), task, _inline_row)) for task in tasks]
+    rows = [Markup(svc.rendered.render(row_kind(oob=False), task, _inline_row)) for task in tasks]
     html = render_template("partials/task_table.html", tasks=tasks, rows=rows, total=total, filters=filters,
-                           counts=rt.monitor.state.counts())
+                           counts=svc.monitor.state.counts())
     return html, tasks
 
 
@@ -117,59 +117,59 @@ def row_kind(*, oob: bool) -> str:
     return f"row{'-oob' if oob else ''}:{request.script_root}"
 
 
-def task_detail_fragment(rt: Runtime, task_id: str) -> str:
+def task_detail_fragment(svc: Services, task_id: str) -> str:
     """The task page's live part (#task-detail)."""
-    return render_template("partials/task_detail.html", task=rt.monitor.state.task(task_id), task_id=task_id)
+    return render_template("partials/task_detail.html", task=svc.monitor.state.task(task_id), task_id=task_id)
 
 
-def alerts_of(rt: Runtime) -> list[Any]:
+def alerts_of(svc: Services) -> list[Any]:
     """Active alerts (none when routing is off)."""
-    return rt.routing.alerts() if rt.routing is not None else []
+    return svc.routing.alerts() if svc.routing is not None else []
 
 
-def alert_banner_fragment(rt: Runtime) -> str:
+def alert_banner_fragment(svc: Services) -> str:
     """The banner on every page (#alert-banner)."""
-    return render_template("partials/alert_banner.html", alerts=alerts_of(rt))
+    return render_template("partials/alert_banner.html", alerts=alerts_of(svc))
 
 
-def alerts_panel_fragment(rt: Runtime) -> str:
+def alerts_panel_fragment(svc: Services) -> str:
     """The alerts panel of the routing page (#alerts-panel), with the add-consumer fix."""
-    routing = rt.routing
+    routing = svc.routing
     return render_template(
-        "partials/alerts_panel.html", alerts=alerts_of(rt), dom_id=dom_id,
+        "partials/alerts_panel.html", alerts=alerts_of(svc), dom_id=dom_id,
         grace=routing.book.grace if routing is not None else 0.0,
         online_workers=routing.online_workers() if routing is not None else [],
     )
 
 
-def routing_fragment(rt: Runtime) -> str:
+def routing_fragment(svc: Services) -> str:
     """The routing tables (#routing)."""
-    routing = rt.routing
+    routing = svc.routing
     return render_template(
         "partials/routing_tables.html",
         report=routing.report if routing is not None else None,
         inspected_at=routing.inspected_at if routing is not None else None,
         broker_error=routing.broker_error if routing is not None else None,
         inspect_error=routing.inspect_error if routing is not None else None,
-        interval=rt.config.monitor.inspect_interval,
+        interval=svc.config.monitor.inspect_interval,
     )
 
 
-def consumer_fix(rt: Runtime, queue: str, worker: str) -> tuple[bool, str, int]:
+def consumer_fix(svc: Services, queue: str, worker: str) -> tuple[bool, str, int]:
     """Run control.add_consumer for (queue, worker) after checking both; (ok, message, HTTP status)."""
-    if rt.routing is None:
+    if svc.routing is None:
         return False, "routing is not monitored by this dashboard", 409
     if not queue or task_name_problem(queue) or len(queue) > 255:
         return False, "queue: give the name of a queue", 400
-    if worker not in rt.routing.online_workers():
+    if worker not in svc.routing.online_workers():
         return False, f"worker {worker[:255]!r} is not online; choose one of the online workers", 400
     try:
-        answer = rt.routing.inspector.add_consumer(queue, worker)
+        answer = svc.routing.inspector.add_consumer(queue, worker)
     except NoReply as exc:
         return False, str(exc), 504
     except WorkerRefused as exc:
         return False, mask_text(f"{worker} refused: {exc}"), 409
     except _UNAVAILABLE as exc:
         return False, mask_text(f"the broker did not take the command: {exc}"), 503
-    rt.monitor.kick()  # re-inspect now: the alert clears once the queue has a consumer and drains
+    svc.monitor.kick()  # re-inspect now: the alert clears once the queue has a consumer and drains
     return True, f"{worker}: {answer}", 200

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Page
 
 from tests.e2e.browser_errors import BrowserErrors
-from tests.e2e.live_server import (
+from tests.support.live_server import (
     ConfigFactory,
     DashboardStarter,
     LiveServer,

@@ -11,7 +11,7 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
-from tests.e2e.live_server import LiveServer
+from tests.support.live_server import LiveServer
 
 EXPECT_MS = 5_000
 API_TIMEOUT = 5.0

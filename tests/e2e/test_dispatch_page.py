@@ -19,8 +19,7 @@ import redis
 from playwright.sync_api import Locator, Page, Response, expect
 
 from tests.e2e.browser_errors import BrowserErrors
-from tests.e2e.conftest import ConfigFactory, StartDashboard
-from tests.e2e.live_server import LiveServer
+from tests.support.live_server import ConfigFactory, LiveServer, StartDashboard
 
 pytestmark = pytest.mark.usefixtures("stub_worker")  # sent tasks really run
 

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.browser_errors import BrowserErrors
-from tests.e2e.live_server import LiveServer
+from tests.support.live_server import LiveServer
 
 EXPECT_MS = 5_000
 

@@ -20,8 +20,8 @@ from playwright.sync_api import Locator, Page, expect
 from dashboard.services.processes import CeleryWorker, RedisServer
 from tests.e2e.browser_errors import BrowserErrors
 from tests.e2e.live_helpers import api_dispatch, assert_not_reloaded, open_live
-from tests.e2e.live_server import LiveServer, StartDashboard, dashboard_config
-from tests.helpers import started
+from tests.support.live_server import LiveServer, StartDashboard, dashboard_config
+from tests.support.processes import started
 
 pytestmark = pytest.mark.usefixtures("stub_worker")  # dispatched tasks really run
 

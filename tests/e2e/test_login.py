@@ -9,8 +9,8 @@ from playwright.sync_api import Page, expect
 from werkzeug.security import generate_password_hash
 
 from tests.e2e.browser_errors import BrowserErrors
-from tests.e2e.live_server import ConfigFactory, LiveServer, StartDashboard
-from tests.e2e.reverse_proxy import reverse_proxy
+from tests.support.live_server import ConfigFactory, LiveServer, StartDashboard
+from tests.support.reverse_proxy import reverse_proxy
 
 EXPECT_MS = 5_000
 OPERATOR, PASSWORD = "alice", "correct horse battery"

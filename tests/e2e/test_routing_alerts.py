@@ -26,8 +26,8 @@ from dashboard.services.processes import CeleryWorker, RedisServer
 from tests.conftest import REPO_ROOT
 from tests.e2e.browser_errors import BrowserErrors
 from tests.e2e.live_helpers import api_dispatch, assert_not_reloaded, open_live
-from tests.e2e.live_server import LiveServer, StartDashboard, dashboard_config
-from tests.helpers import started
+from tests.support.live_server import LiveServer, StartDashboard, dashboard_config
+from tests.support.processes import started
 
 EXPECT_MS = 5_000
 ALERT_MS = 15_000  # inspection every 0.5 s, alert grace 1 s; generous for a loaded machine

@@ -17,10 +17,10 @@ from playwright.sync_api import Page
 
 from dashboard import create_app
 from dashboard.config import config_from_mapping
-from dashboard.services.hub import Batch
+from dashboard.services.events.hub import Batch
 from dashboard.web import views
+from dashboard.web.context import services
 from dashboard.web.live import tasks_update
-from dashboard.web.runtime import runtime
 
 WORKER = "celery@fragments"
 TASK_IDS = [f"frag-{i}" for i in range(3)]
@@ -39,13 +39,13 @@ def app() -> Iterator[Flask]:
                                   "secret_key": "test-secret-key-0123456789abcdef"})
     built = create_app(config, live=False)
     yield built
-    rt = runtime(built)
+    rt = services(built)
     rt.monitor.stop()
     rt.client.close()
 
 
 def feed(app: Flask) -> None:
-    state = runtime(app).monitor.state
+    state = services(app).monitor.state
     now = time.time()
     state.apply({"type": "worker-heartbeat", "hostname": WORKER, "timestamp": now, "local_received": now,
                  "freq": 2.0, "active": 1, "processed": 0, "loadavg": [0.1, 0.1, 0.1], "sw_ident": "py-celery"})
@@ -56,7 +56,7 @@ def feed(app: Flask) -> None:
 
 def test_row_updates_survive_a_frame_where_everything_else_changed_too(app: Flask, page: Page) -> None:
     feed(app)
-    rt = runtime(app)
+    rt = services(app)
     with app.test_request_context("/ws/ui?view=tasks"):
         filters = views.TaskFilters()
         shown = set(TASK_IDS)  # the table already shows them: a change to them is a row update

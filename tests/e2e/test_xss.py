@@ -38,8 +38,8 @@ from celery import Celery
 from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e.browser_errors import BrowserErrors
-from tests.e2e.conftest import ACTION_TIMEOUT_MS, ConfigFactory, StartDashboard
-from tests.e2e.live_server import LiveServer
+from tests.e2e.conftest import ACTION_TIMEOUT_MS
+from tests.support.live_server import ConfigFactory, LiveServer, StartDashboard
 
 pytestmark = pytest.mark.usefixtures("stub_worker")  # the failing and unfurl tasks really run
 

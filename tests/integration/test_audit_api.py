@@ -23,7 +23,7 @@ from dashboard import create_app
 from dashboard.config import Config, load_config
 from dashboard.resources import sample_config
 from dashboard.services.audit import AuditEntry, AuditLog
-from dashboard.web.runtime import EXTENSION_KEY, runtime
+from dashboard.web.context import services
 
 T0 = 1_900_000_000.0
 UNFURL = "worker.tasks.link.unfurl"
@@ -45,14 +45,13 @@ def dashboard_config(broker_url: str, backend_url: str | None) -> Config:
 
 def audited_app(config: Config, audit: AuditLog | None) -> Flask:
     """`create_app(config, live=False)` with `audit` as its log."""
-    app = create_app(config, live=False)
+    app = create_app(config, audit=audit, live=False)
     app.testing = True
-    app.extensions[EXTENSION_KEY].audit = audit
     return app
 
 
 def close_app(app: Flask) -> None:
-    rt = runtime(app)
+    rt = services(app)
     rt.monitor.stop()
     rt.client.close()
     found = getattr(rt, "audit", None)
@@ -234,7 +233,7 @@ def test_api_filters(client: FlaskClient, mixed: AuditLog, query: str, expected_
         ("?limit=ten", "limit: expected a whole number"),
         ("?offset=-1", "offset"),
         ("?offset=x", "offset"),
-        ("?outcome=exploded", "outcome: must be one of sent, refused, invalid, unavailable, error"),
+        ("?outcome=exploded", "outcome: must be one of sent, refused, invalid, unavailable, routing_error, error"),
         ("?since=yesterday", "since"),
         ("?until=nan", "until"),
         ("?name=" + "n" * 256, "name: at most 255 characters"),
@@ -335,8 +334,8 @@ def test_audit_retention_runs_as_a_monitor_job_and_keeps_recent_entries(
     config = dataclasses.replace(dashboard_config(broker_url, None), audit_path=str(path), audit_retention_days=7)
     app = create_app(config, live=False)
     try:
-        rt = runtime(app)
-        jobs = {job.name: job for job in rt.monitor._jobs}  # noqa: SLF001 - the wiring is what is checked here
+        rt = services(app)
+        jobs = {job.name: job for job in rt.monitor.jobs._jobs}  # noqa: SLF001 - the wiring is what is checked here
         assert jobs["audit-retention"].every == 3600.0
         jobs["audit-retention"].run()
         assert rt.audit is not None

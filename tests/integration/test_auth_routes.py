@@ -33,8 +33,9 @@ from dashboard.config import config_from_mapping
 from dashboard.services.processes import free_port
 from dashboard.services.sessions import NEGATIVE_TTL
 from dashboard.web.auth import PUBLIC_ENDPOINTS
-from dashboard.web.runtime import runtime
-from tests.e2e.live_server import (
+from dashboard.web.context import services
+from tests.support.http import WebSocketClient
+from tests.support.live_server import (
     SCRUBBED_ENV,
     LiveServer,
     LiveServerError,
@@ -42,7 +43,6 @@ from tests.e2e.live_server import (
     dashboard_config,
     start_live_server,
 )
-from tests.helpers import WebSocketClient
 
 HASH_METHOD = "pbkdf2:sha256:1000"  # fast for tests; the CLI's default (scrypt) is what production uses
 VIEWER, VIEWER_PASSWORD = "vi", "vi-password-1"
@@ -105,7 +105,7 @@ def build_app(*, with_auth: bool = True) -> Flask:
 
 
 def close_app(app: Flask) -> None:
-    rt = runtime(app)
+    rt = services(app)
     rt.monitor.stop()
     rt.client.close()
 
@@ -149,7 +149,7 @@ def concrete_url(app: Flask, rule: Rule) -> str:
 def route_table() -> list[Route]:
     app = build_app()
     try:
-        routes = []
+        routes: list[Route] = []
         for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
             if rule.endpoint == "static":
                 continue

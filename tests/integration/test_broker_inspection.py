@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -15,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection
+from kombu.connection import Connection
 
 from dashboard.exceptions import BrokerUnavailable
 from dashboard.model.kombu import KombuRedisLayout
@@ -25,6 +23,7 @@ from dashboard.services.broker.redis import RedisBrokerInspector
 from dashboard.services.client import ClientSettings, build_send_only_app
 from dashboard.services.inspection import WorkerInspector
 from dashboard.services.processes import CeleryWorker, RedisServer, free_port
+from tests.support.hung_broker import HungBroker
 
 TIMEOUT = 1.0
 SLACK = 1.0  # a failure must surface within TIMEOUT + SLACK
@@ -305,46 +304,13 @@ def test_worker_inspection_right_after_a_redis_restart_does_not_fail(tmp_path: P
             app.close()
 
 
-class SilentServer:
-    """A TCP server that accepts every connection and never sends a byte: a hung broker."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port: int = self.listener.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="silent-server", daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted.append(conn)  # held open, never read from, never answered
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        for conn in self.accepted:
-            conn.close()
-        self.listener.close()
-
-
 @pytest.fixture
-def silent_server() -> Iterator[SilentServer]:
-    server = SilentServer()
-    try:
+def silent_server() -> Iterator[HungBroker]:
+    with HungBroker() as server:
         yield server
-    finally:
-        server.close()
 
 
-def test_hung_broker_raises_broker_unavailable_within_the_timeout(silent_server: SilentServer) -> None:
+def test_hung_broker_raises_broker_unavailable_within_the_timeout(silent_server: HungBroker) -> None:
     inspector = broker_inspector(f"redis://:hunter2@127.0.0.1:{silent_server.port}/0", {}, TIMEOUT)
     try:
         started = time.monotonic()

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer, free_port
-from tests.e2e.live_server import EXAMPLE_CONFIG, REPO_ROOT, SCRUBBED_ENV, dashboard_command, toml_text
-from tests.helpers import started
+from tests.support.live_server import EXAMPLE_CONFIG, REPO_ROOT, SCRUBBED_ENV, dashboard_command, toml_text
+from tests.support.processes import started
 
 TRANSLATE = "worker.tasks.llm.translate"  # the example config's deliberate mismatch: routed to "llm-gpu"
 STUB_QUEUES = ("stt", "llm", "default")

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -28,8 +26,9 @@ from dashboard import create_app
 from dashboard.config import Config, load_config
 from dashboard.resources import sample_config
 from dashboard.services.processes import CeleryWorker, RedisServer
-from dashboard.web.runtime import runtime
-from tests.helpers import started
+from dashboard.web.context import services
+from tests.support.hung_broker import HungBroker
+from tests.support.processes import started
 
 EXAMPLE_CONFIG = sample_config()  # examples/dispatch.toml in the checkout
 
@@ -87,14 +86,14 @@ def build_app(broker_url: str, backend_url: str | None) -> Flask:
 
 def close_app(app: Flask) -> None:
     """Release the app's broker connections (and its monitor's threads, had anything started them)."""
-    rt = runtime(app)
+    rt = services(app)
     rt.monitor.stop()
     rt.client.close()
 
 
 def wait_for_result(app: Flask, task_id: str, deadline: float = RESULT_DEADLINE) -> tuple[dict[str, Any], list[str]]:
     """Poll the dashboard's own result reader until the task is ready; return its final state and all seen."""
-    client = runtime(app).client
+    client = services(app).client
     seen: list[str] = []
     give_up = time.monotonic() + deadline
     while True:
@@ -134,41 +133,6 @@ def timed_post(client: FlaskClient, body: Any) -> tuple[int, dict[str, Any], flo
     started = time.monotonic()
     status, payload = post_json(client, body)
     return status, payload, time.monotonic() - started
-
-
-class SilentServer:
-    """A TCP server that accepts every connection and never sends a byte: a broker that hangs."""
-
-    def __init__(self) -> None:
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self._listener.settimeout(0.1)  # so the accept loop sees stop() promptly
-        self.port: int = self._listener.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, name="silent-server", daemon=True)
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted.append(conn)  # held open, never read, never answered
-
-    def __enter__(self) -> SilentServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=5)
-        self._listener.close()
-        for conn in self.accepted:
-            conn.close()
 
 
 # --- fixtures -----------------------------------------------------------------------------------------
@@ -330,7 +294,7 @@ def test_queue_override_lands_in_that_queue(
     assert status == 202, payload
     assert payload["queue"] == unconsumed_queue and payload["route"]["matched"] == "override", payload
     assert broker_redis.llen(unconsumed_queue) == 1, f"LLEN {unconsumed_queue!r} after one dispatch"
-    message = json.loads(broker_redis.lindex(unconsumed_queue, 0))
+    message = json.loads(cast(bytes, broker_redis.lindex(unconsumed_queue, 0)))
     assert message["headers"]["task"] == SUMMARIZE_NOTE
     assert message["headers"]["id"] == payload["task_id"]
     assert message["properties"]["delivery_info"]["routing_key"] == unconsumed_queue
@@ -583,14 +547,14 @@ def test_dispatch_answers_503_while_redis_is_down_and_recovers_after_restart(
 
 @pytest.mark.parametrize("with_backend", [BROKER_ONLY, with_backend_param(HUNG_BOUND + 2)])
 def test_dispatch_answers_503_when_the_broker_accepts_tcp_and_never_answers(with_backend: bool) -> None:
-    with SilentServer() as silent:
+    with HungBroker() as silent:
         url = f"redis://127.0.0.1:{silent.port}"
         app = build_app(f"{url}/0", f"{url}/1" if with_backend else None)
         try:
             status, payload, elapsed = timed_post(app.test_client(), OUTAGE_BODY)
             print(
                 f"\n503 hung ({'broker+backend' if with_backend else 'broker only'}): {elapsed:.3f} s -> {status}, "
-                f"{len(silent.accepted)} connection(s) accepted"
+                f"{silent.accepted} connection(s) accepted"
             )
         finally:
             close_app(app)

@@ -23,11 +23,11 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from dashboard import MAX_BODY_BYTES, create_app
-from dashboard.config import load_config
+from dashboard import create_app
+from dashboard.config import MAX_BODY_BYTES, load_config
 from dashboard.model.dispatch import FORM_OPTION_PREFIX, FORM_PARAM_PREFIX, OPTION_NAMES
 from dashboard.resources import sample_config
-from dashboard.web.runtime import runtime
+from dashboard.web.context import services
 
 FUZZ = settings(
     max_examples=150,
@@ -55,7 +55,7 @@ def app() -> Iterator[Flask]:
     try:
         yield built
     finally:
-        rt = runtime(built)
+        rt = services(built)
         rt.monitor.stop()
         rt.client.close()
 
@@ -194,7 +194,7 @@ def live_client(broker_url: str) -> Iterator[FlaskClient]:
     try:
         yield built.test_client(use_cookies=False)
     finally:
-        rt = runtime(built)
+        rt = services(built)
         rt.client.close()
         keys = [FUZZ_QUEUE if step == 0 else f"{FUZZ_QUEUE}\x06\x16{step}" for step in PRIORITY_STEPS]
         conn.delete(*keys, f"_kombu.binding.{FUZZ_QUEUE}", f"_kombu.binding_permanent.{FUZZ_QUEUE}")

@@ -36,7 +36,7 @@ spec = importlib.util.find_spec("worker_stub")
 import dashboard
 from dashboard import create_app
 from dashboard.config import load_config
-from dashboard.web.runtime import runtime
+from dashboard.web.context import services
 
 config = load_config(config_path, {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": backend_url})
 app = create_app(config)  # live, as served: the first request starts the event monitor too
@@ -51,8 +51,8 @@ try:
         importlib.import_module(info.name)
     after_all_imports = stub_modules()
 finally:
-    runtime(app).monitor.stop()
-    runtime(app).client.close()
+    services(app).monitor.stop()
+    services(app).client.close()
 
 print("ISOLATION-SUMMARY " + json.dumps({
     "dispatch_status": dispatched.status_code,

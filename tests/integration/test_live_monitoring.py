@@ -22,7 +22,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from simple_websocket import Client, ConnectionClosed
 
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer, free_port, log_tail
-from tests.e2e.live_server import (
+from tests.support.http import WebSocketClient, get_json, request
+from tests.support.live_server import (
     REPO_ROOT,
     SCRUBBED_ENV,
     LiveServer,
@@ -40,7 +40,7 @@ from tests.e2e.live_server import (
     dashboard_config,
     toml_text,
 )
-from tests.helpers import WebSocketClient, wait_until
+from tests.support.waits import wait_until
 
 TRANSCRIBE = "worker.tasks.stt.transcribe"
 SUMMARIZE_NOTE = "worker.tasks.llm.summarize_note"
@@ -115,38 +115,6 @@ def _healthy(server: LiveServer) -> bool:
 
 
 # -- HTTP ------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An HTTP answer, whatever its status."""
-
-    status: int
-    headers: Message
-    body: bytes
-
-    def json(self) -> Any:
-        """The body as JSON."""
-        return json.loads(self.body)
-
-
-def request(server: LiveServer, method: str, path: str, payload: Any = None, timeout: float = HTTP_TIMEOUT) -> Reply:
-    """One bounded request to the server; 4xx/5xx come back as a Reply too."""
-    data = json.dumps(payload).encode() if payload is not None else None
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    req = urllib.request.Request(server.url + path, data=data, method=method, headers=headers)
-    try:
-        with _OPENER.open(req, timeout=timeout) as response:
-            return Reply(response.status, response.headers, response.read())
-    except urllib.error.HTTPError as exc:
-        return Reply(exc.code, exc.headers, exc.read())
-
-
-def get_json(server: LiveServer, path: str) -> Any:
-    """GET a JSON endpoint that must answer 200."""
-    reply = request(server, "GET", path)
-    assert reply.status == 200, (path, reply.status, reply.body[:500])
-    return reply.json()
 
 
 def dispatch(server: LiveServer, name: str, kwargs: Mapping[str, Any] | None = None,

@@ -20,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
-import kombu
+import kombu.connection
+import kombu.entity
 import pytest
 import redis
 import schemathesis
@@ -35,15 +36,15 @@ from schemathesis.specs.openapi.checks import (
 )
 from werkzeug.security import generate_password_hash
 
-from dashboard import MAX_BODY_BYTES, create_app
-from dashboard.config import Config, config_from_mapping, load_config
+from dashboard import create_app
+from dashboard.config import MAX_BODY_BYTES, Config, config_from_mapping, load_config
 from dashboard.resources import sample_config
 from dashboard.services.client import ClientSettings, SendOnlyClient
 from dashboard.services.inspection import InspectionResult, WorkerReport
 from dashboard.services.processes import free_port
 from dashboard.web import openapi
 from dashboard.web.auth import PUBLIC_ENDPOINTS
-from dashboard.web.runtime import runtime
+from dashboard.web.context import services
 
 DOCUMENTED_OUTSIDE_API = frozenset({"/healthz", "/metrics", "/openapi.json"})
 AUTOMATIC_METHODS = frozenset({"HEAD", "OPTIONS"})  # Werkzeug adds these to every GET rule
@@ -89,7 +90,7 @@ def build_app(config: Config, client: SendOnlyClient | None = None) -> Flask:
 
 
 def close_app(app: Flask) -> None:
-    rt = runtime(app)
+    rt = services(app)
     rt.monitor.stop()
     rt.client.close()
     if rt.audit is not None:
@@ -97,7 +98,7 @@ def close_app(app: Flask) -> None:
 
 
 def worker_online(app: Flask, hostname: str = WORKER) -> None:
-    runtime(app).monitor.state.apply({
+    services(app).monitor.state.apply({
         "type": "worker-online", "hostname": hostname, "timestamp": time.time(), "freq": 3600.0, "pid": 4242,
         "sw_ident": "py-celery", "sw_ver": "5.4.0", "sw_sys": "Linux", "active": 1, "processed": 7,
         "loadavg": [0.5, 0.25, 0.125],
@@ -106,7 +107,7 @@ def worker_online(app: Flask, hostname: str = WORKER) -> None:
 
 def seed(app: Flask, task_id: str) -> None:
     """Tasks in every kind of end state, an online and an offline worker, one inspection and its comparison."""
-    rt = runtime(app)
+    rt = services(app)
     state = rt.monitor.state
     now = time.time()
     worker_online(app)
@@ -334,7 +335,7 @@ def test_a_catalog_task_whose_route_fails_is_listed_with_the_reason(document: di
     config = dataclasses.replace(open_config(), routes={"worker.tasks.llm.*": {"queue": "nowhere"}})
     settings = ClientSettings.from_config(config)
     strict = SendOnlyClient(dataclasses.replace(settings, task_create_missing_queues=False,
-                                                task_queues=[kombu.Queue("default"), kombu.Queue("stt")]))
+                                                task_queues=[kombu.entity.Queue("default"), kombu.entity.Queue("stt")]))
     app = build_app(config, strict)
     try:
         response = app.test_client().get("/api/catalog")

@@ -22,15 +22,13 @@ import contextlib
 import json
 import os
 import re
-import selectors
 import signal
-import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,13 +41,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dashboard.config import MonitorSettings
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer
-from tests.e2e.live_server import (
+from tests.support.http import get_json, request
+from tests.support.hung_broker import HungBroker
+from tests.support.live_server import (
     REPO_ROOT,
     LiveServer,
     LiveServerError,
     dashboard_config,
     start_live_server,
 )
+from tests.support.waits import wait_for
 
 OUTAGE_SECONDS = float(os.environ.get("DASHBOARD_OUTAGE_SECONDS", "8"))
 
@@ -86,46 +87,6 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # -- HTTP --------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    """An HTTP answer, whatever its status, and how long it took."""
-
-    status: int
-    body: bytes
-    elapsed: float
-
-    def json(self) -> Any:
-        """The body as JSON."""
-        return json.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        """The body as text."""
-        return self.body.decode("utf-8", "replace")
-
-
-def request(server: LiveServer, method: str, path: str, payload: Any = None,
-            timeout: float = HTTP_TIMEOUT) -> Reply:
-    """One bounded request; 4xx/5xx come back as a Reply too."""
-    data = json.dumps(payload).encode() if payload is not None else None
-    headers = {"Content-Type": "application/json"} if data is not None else {}
-    req = urllib.request.Request(server.url + path, data=data, method=method, headers=headers)
-    started = time.monotonic()
-    try:
-        with _OPENER.open(req, timeout=timeout) as response:
-            body = response.read()
-            return Reply(response.status, body, time.monotonic() - started)
-    except urllib.error.HTTPError as exc:
-        return Reply(exc.code, exc.read(), time.monotonic() - started)
-
-
-def get_json(server: LiveServer, path: str) -> Any:
-    """GET a JSON endpoint that must answer 200."""
-    reply = request(server, "GET", path)
-    assert reply.status == 200, (path, reply.status, reply.body[:500])
-    return reply.json()
-
-
 def dispatch_body(name: str, kwargs: Mapping[str, Any], queue: str | None = None) -> dict[str, Any]:
     """A forced dispatch: the guard's 409 (no online consumer yet, e.g. right after a restart) is not under test."""
     body: dict[str, Any] = {"name": name, "kwargs": dict(kwargs), "force": True}
@@ -148,21 +109,6 @@ def conn_status(html: str) -> str:
     match = re.search(r'<span id="conn-status".*?</span>(?:\s*</span>)?', html, re.S)
     assert match is not None, html[:2000]
     return match.group(0)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, server: LiveServer | None = None,
-             interval: float = 0.05) -> tuple[Any, float]:
-    """Poll until `condition()` is truthy; (its value, seconds it took), or fail after `timeout`."""
-    started = time.monotonic()
-    while True:
-        value = condition()
-        elapsed = time.monotonic() - started
-        if value:
-            return value, elapsed
-        if elapsed >= timeout:
-            tail = f"\n--- dashboard log ---\n{server.log_tail(40)}" if server is not None else ""
-            pytest.fail(f"no {what} within {timeout:.1f} s{tail}", pytrace=False)
-        time.sleep(interval)
 
 
 def report(label: str, seconds: float, bound: float | None = None) -> None:
@@ -437,14 +383,14 @@ def test_no_202_is_lost(durable: Stack) -> None:
         for _flap in range(FLAPS):
             broker.kill()
             accepted_at_kill, refused_at_kill = len(loop.accepted), loop.refused
-            wait_for(lambda floor=refused_at_kill + 5: loop.refused >= floor, 20.0, "503s while Redis is down",
-                     server)
+            refused_floor = refused_at_kill + 5
+            wait_for(lambda: loop.refused >= refused_floor, 20.0, "503s while Redis is down", server)  # noqa: B023
             time.sleep(1.0)
             accepted_while_down.append(len(loop.accepted) - accepted_at_kill)
             broker.start()
             restarted_with = len(loop.accepted)
-            _, resumed = wait_for(lambda floor=restarted_with + 30: len(loop.accepted) >= floor, RESUME_BOUND + 15.0,
-                                  "30 dispatches accepted after the restart", server)
+            _, resumed = wait_for(lambda: len(loop.accepted) >= restarted_with + 30,  # noqa: B023 - called at once
+                                  RESUME_BOUND + 15.0, "30 dispatches accepted after the restart", server)
             resumed_after.append(resumed)
     finally:
         loop.stop.set()
@@ -509,57 +455,6 @@ def test_hung_broker_under_a_live_stream_is_shown(durable: Stack) -> None:
 
 
 # -- 3. a broker that accepts TCP and never answers --------------------------------------------------------------
-
-
-class HungBroker:
-    """A TCP server on 127.0.0.1 that accepts every connection, reads and discards, and never answers."""
-
-    def __init__(self) -> None:
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self._listener.setblocking(False)
-        self.port: int = self._listener.getsockname()[1]
-        self.accepted = 0
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._listener, selectors.EVENT_READ)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hung-broker", daemon=True)
-
-    def url(self, db: int = 0) -> str:
-        """A redis:// URL pointing at it."""
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self._selector.select(timeout=0.1):
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
-                if sock is self._listener:
-                    with contextlib.suppress(BlockingIOError):
-                        conn, _ = sock.accept()
-                        conn.setblocking(False)
-                        self._selector.register(conn, selectors.EVENT_READ)
-                        self.accepted += 1
-                    continue
-                try:
-                    data = sock.recv(65536)
-                except (BlockingIOError, ConnectionError):
-                    data = b"x"
-                if not data:  # the client gave up: forget it
-                    self._selector.unregister(sock)
-                    sock.close()
-
-    def __enter__(self) -> HungBroker:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        self._selector.close()
 
 
 def test_hung_broker(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from werkzeug.security import generate_password_hash
 
 from dashboard import create_app
 from dashboard.config import config_from_mapping
-from dashboard.web.runtime import runtime
+from dashboard.web.context import services
 
 OPERATOR, PASSWORD = "op", "op-password-2"
 BASIC = {"Authorization": "Basic b3A6b3AtcGFzc3dvcmQtMg=="}  # op:op-password-2
@@ -66,7 +66,7 @@ def direct(tmp_path: Path) -> Iterator[FlaskClient]:
 
 
 def close(app: Flask) -> None:
-    rt = runtime(app)
+    rt = services(app)
     rt.monitor.stop()
     rt.client.close()
     if rt.audit is not None:

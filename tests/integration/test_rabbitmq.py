@@ -1,7 +1,7 @@
 """RabbitMQ (amqp://) as the broker: a real node of this module's own, a stub worker and the dashboard on it.
 
 The node runs in the foreground on free loopback ports with its own epmd, node name, directories and cookie
-(dashboard.services.rabbitmq_server), so a system RabbitMQ on 5672/4369 is never touched. The management plugin
+(tests.support.rabbitmq_server), so a system RabbitMQ on 5672/4369 is never touched. The management plugin
 is enabled on a free port to exercise the inspector's optional queue listing.
 
 Checked here: dispatch -> 202 and SUCCESS over amqp events; the routing comparison and the orphaned queue of a
@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import amqp
-import kombu
+import kombu.connection
+import kombu.entity
 import pytest
 
 from dashboard.exceptions import BrokerUnavailable, ConfigError
@@ -34,8 +35,8 @@ from dashboard.model.routing import BrokerQueue
 from dashboard.services.broker import broker_inspector
 from dashboard.services.broker.amqp import AmqpBrokerInspector
 from dashboard.services.processes import CeleryWorker, ProcessError, free_port
-from dashboard.services.rabbitmq_server import RabbitMQServer, find_rabbitmq_server
-from tests.e2e.live_server import (
+from tests.support.http import Reply, call, get
+from tests.support.live_server import (
     EXAMPLE_CONFIG,
     REPO_ROOT,
     LiveServer,
@@ -43,7 +44,8 @@ from tests.e2e.live_server import (
     dashboard_config,
     start_live_server,
 )
-from tests.helpers import Reply, call, get, wait_until
+from tests.support.rabbitmq_server import RabbitMQServer, find_rabbitmq_server
+from tests.support.waits import wait_until
 
 TRANSCRIBE = "worker.tasks.stt.transcribe"
 SUMMARIZE_NOTE = "worker.tasks.llm.summarize_note"  # routed to "llm", which the worker here does not consume
@@ -175,12 +177,12 @@ def test_dispatch_over_amqp_reaches_success_through_events(cluster: Cluster) -> 
     reply = dispatch(server, TRANSCRIBE, {"audio_url": "https://example.com/a.wav"})
     sent_in = time.monotonic() - started
     assert reply.status == 202, reply
-    assert (reply.body["queue"], reply.body["routing_key"]) == ("stt", "stt")
-    task_id = reply.body["task_id"]
+    assert (reply.data["queue"], reply.data["routing_key"]) == ("stt", "stt")
+    task_id = reply.data["task_id"]
 
     def succeeded() -> dict[str, Any] | None:
         found = call(server, "GET", f"/api/tasks/{task_id}")
-        return found.body if found.status == 200 and found.body.get("state") == "SUCCESS" else None
+        return found.data if found.status == 200 and found.data.get("state") == "SUCCESS" else None
 
     task = wait_until(succeeded, TASK_DEADLINE, f"SUCCESS of {task_id}", server)
     print(f"\n[rabbitmq] dispatch answered 202 in {sent_in * 1000:.0f} ms; SUCCESS seen through events after "
@@ -203,9 +205,9 @@ def test_route_to_unconsumed_queue_is_orphaned_and_forced_send_waits_there(clust
 
     kwargs = {"note_id": "amqp-orphan", "max_words": 5}
     refused = dispatch(server, SUMMARIZE_NOTE, kwargs)
-    assert refused.status == 409 and refused.body["queue"] == "llm", refused
+    assert refused.status == 409 and refused.data["queue"] == "llm", refused
     forced = dispatch(server, SUMMARIZE_NOTE, kwargs, force=True)
-    assert forced.status == 202 and forced.body["queue"] == "llm", forced
+    assert forced.status == 202 and forced.data["queue"] == "llm", forced
 
     # Celery declared "llm" on publish: the message waits there with nobody consuming (works without wiring).
     inspector = AmqpBrokerInspector(rabbit.url(), {}, INSPECTOR_TIMEOUT)
@@ -242,8 +244,8 @@ def test_a_queue_declared_with_other_arguments_is_a_clear_503_and_dispatch_goes_
     # a queue the workers declared with x-max-priority, published to by an API that declares it plainly.
     server, rabbit = cluster.server, cluster.rabbit
     queue = f"prio-{uuid.uuid4().hex[:8]}"
-    with kombu.Connection(rabbit.url(), connect_timeout=5) as connection:
-        bound = kombu.Queue(queue, kombu.Exchange(queue, type="direct"), routing_key=queue,
+    with kombu.connection.Connection(rabbit.url(), connect_timeout=5) as connection:
+        bound = kombu.entity.Queue(queue, kombu.entity.Exchange(queue, type="direct"), routing_key=queue,
                             queue_arguments={"x-max-priority": 10})(connection.default_channel)
         bound.declare()
         try:
@@ -253,10 +255,10 @@ def test_a_queue_declared_with_other_arguments_is_a_clear_503_and_dispatch_goes_
             refused = call(server, "POST", "/api/dispatch", body)
             answered_in = time.monotonic() - started
             print(f"\n[rabbitmq] dispatch into a queue with other arguments: {refused.status} in "
-                  f"{answered_in * 1000:.0f} ms: {refused.body}")
+                  f"{answered_in * 1000:.0f} ms: {refused.data}")
             assert refused.status == 503, refused
-            assert "PRECONDITION_FAILED" in refused.body["error"] and "x-max-priority" in refused.body["error"]
-            assert "may still have been stored" not in refused.body["error"]  # RabbitMQ refused it: nothing was
+            assert "PRECONDITION_FAILED" in refused.data["error"] and "x-max-priority" in refused.data["error"]
+            assert "may still have been stored" not in refused.data["error"]  # RabbitMQ refused it: nothing was
             assert answered_in < 5.0
             # The closed channel is not left behind: the next dispatch goes through.
             after = dispatch(server, TRANSCRIBE, {"audio_url": "https://example.com/after.wav"})
@@ -269,7 +271,8 @@ def test_a_queue_declared_with_other_arguments_is_a_clear_503_and_dispatch_goes_
 
 def test_inspector_depths_consumer_counts_and_absent_queues(rabbit: RabbitMQServer) -> None:
     url = rabbit.url()
-    with kombu.Connection(url, connect_timeout=2) as producer, kombu.Connection(url, connect_timeout=2) as listener:
+    with kombu.connection.Connection(url, connect_timeout=2) as producer, \
+            kombu.connection.Connection(url, connect_timeout=2) as listener:
         channel = producer.channel()
         channel.queue_declare("amqp-three", durable=False, auto_delete=False)
         for number in range(3):
@@ -355,7 +358,7 @@ def test_stopped_broker_is_unavailable_fast_and_everything_reconnects(cluster: C
         print(f"[rabbitmq] dispatch while the broker is down -> {down.status} in {answered * 1000:.0f} ms")
         assert down.status == 503, down
         assert answered <= 2.0 + 1.0  # broker_timeout (2 s) + slack; refused connections answer at once
-        assert "guest:guest" not in json.dumps(down.body)
+        assert "guest:guest" not in json.dumps(down.data)
         wait_until(lambda: get(server, "/api/status")["broker"] in ("reconnecting", "unreachable"), TASK_DEADLINE,
                    "the event stream reported down", server)
         wait_until(lambda: get(server, "/api/routing")["broker_error"], ALERT_DEADLINE,

@@ -28,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from simple_websocket import Client, ConnectionClosed
 
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer
-from tests.e2e.live_server import (
+from tests.support.http import Reply, WebSocketClient, call, get
+from tests.support.live_server import (
     EXAMPLE_CONFIG,
     HOST,
     REPO_ROOT,
@@ -38,7 +39,7 @@ from tests.e2e.live_server import (
     dashboard_config,
     start_live_server,
 )
-from tests.helpers import Reply, WebSocketClient, call, get, wait_until
+from tests.support.waits import wait_until
 
 TRANSCRIBE = "worker.tasks.stt.transcribe"
 SUMMARIZE_NOTE = "worker.tasks.llm.summarize_note"
@@ -69,7 +70,7 @@ def metric_samples(server: LiveServer) -> Samples:
     reply = call(server, "GET", "/metrics")
     assert reply.status == 200, reply
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(reply.body) for sample in family.samples}
+            for family in text_string_to_metric_families(reply.text) for sample in family.samples}
 
 
 def task_row(server: LiveServer, name: str) -> dict[str, Any] | None:
@@ -288,12 +289,12 @@ def test_typo_sent_by_force_is_unregistered_and_alerts(cluster: Cluster, alert_s
     body = {"note_id": "typo"}
     refused = dispatch(server, TYPO, body, options={"queue": "default"})
     assert refused.status == 409, refused
-    assert refused.body["queue"] == "default"
-    assert len(refused.body["warnings"]) == 1 and "registers this task name" in refused.body["warnings"][0]
+    assert refused.data["queue"] == "default"
+    assert len(refused.data["warnings"]) == 1 and "registers this task name" in refused.data["warnings"][0]
 
     sent_at = time.monotonic()
     forced = dispatch(server, TYPO, body, force=True, options={"queue": "default"})  # consumed, then discarded
-    assert forced.status == 202 and forced.body["queue"] == "default", forced
+    assert forced.status == 202 and forced.data["queue"] == "default", forced
     key = f"unregistered_task:{TYPO}"
     at, raised = alert_stream.wait_alert(key, "raised", ALERT_DEADLINE)
     elapsed = at - sent_at
@@ -313,7 +314,7 @@ def test_typo_sent_by_force_is_unregistered_and_alerts(cluster: Cluster, alert_s
     assert row is not None
     assert (row["status"], row["sent"], row["registered_on"], row["api_queue"]) == ("unregistered", True, [], "llm")
     # The worker that received it discards it: the NotRegistered failure names it in the alert's message.
-    task_id = forced.body["task_id"]
+    task_id = forced.data["task_id"]
     wait_until(lambda: get(server, f"/api/tasks/{task_id}")["state"] == "FAILURE", TASK_DEADLINE,
                "FAILURE of the typo'd task", server)
     wait_until(lambda: "NotRegistered" in ((active_alert(server, key) or {}).get("message") or ""), CLEAR_DEADLINE,
@@ -359,13 +360,13 @@ def test_forced_dispatch_to_orphaned_queue_alerts_until_a_consumer_is_added(
 
     refused = dispatch(server, SUMMARIZE_NOTE, kwargs)
     assert refused.status == 409, refused
-    assert refused.body["queue"] == "llm" and '"force": true' in refused.body["error"]
-    assert len(refused.body["warnings"]) == 1 and "consumes queue 'llm'" in refused.body["warnings"][0]
+    assert refused.data["queue"] == "llm" and '"force": true' in refused.data["error"]
+    assert len(refused.data["warnings"]) == 1 and "consumes queue 'llm'" in refused.data["warnings"][0]
 
     sent_at = time.monotonic()
     forced = dispatch(server, SUMMARIZE_NOTE, kwargs, force=True)
-    assert forced.status == 202 and forced.body["queue"] == "llm", forced
-    task_id = forced.body["task_id"]
+    assert forced.status == 202 and forced.data["queue"] == "llm", forced
+    task_id = forced.data["task_id"]
     key = "orphaned_queue:llm"
     at, raised = alert_stream.wait_alert(key, "raised", ALERT_DEADLINE)
     elapsed = at - sent_at
@@ -403,13 +404,13 @@ def test_forced_dispatch_to_orphaned_queue_alerts_until_a_consumer_is_added(
     path = "/api/queues/llm/consumers"
     for bad in (call(server, "POST", path), call(server, "POST", path, raw=b"{not json"),
                 call(server, "POST", path, {"host": fixer.hostname}), add_consumer(server, "llm", 5)):
-        assert bad.status == 400 and "worker" in bad.body["error"], bad
+        assert bad.status == 400 and "worker" in bad.data["error"], bad
     unknown = add_consumer(server, "llm", "nobody@nowhere")
-    assert unknown.status == 400 and "not online" in unknown.body["error"], unknown
+    assert unknown.status == 400 and "not online" in unknown.data["error"], unknown
 
     fixing = time.monotonic()
     fixed = add_consumer(server, "llm", fixer.hostname)
-    assert fixed.status == 200 and fixer.hostname in fixed.body["ok"], fixed
+    assert fixed.status == 200 and fixer.hostname in fixed.data["ok"], fixed
     at, cleared = alert_stream.wait_alert(key, "cleared", CLEAR_DEADLINE)
     print(f"[routing] add_consumer -> orphaned_queue cleared on /ws/events in {at - fixing:.2f} s")
     assert cleared["queue"] == "llm" and cleared["cleared_at"] >= cleared["raised_at"]
@@ -419,7 +420,7 @@ def test_forced_dispatch_to_orphaned_queue_alerts_until_a_consumer_is_added(
         task: dict[str, Any] = get(server, f"/api/tasks/{waiting}")
         return task if task["state"] == "SUCCESS" else None
 
-    for waiting in (task_id, second.body["task_id"]):
+    for waiting in (task_id, second.data["task_id"]):
         done = wait_until(functools.partial(succeeded, waiting), TASK_DEADLINE,
                           "the waiting tasks run by the new consumer", server)
         assert done["worker"] == fixer.hostname
@@ -460,7 +461,7 @@ def test_killing_the_only_consumer_of_a_routed_queue_alerts(cluster: Cluster, al
     assert active_alert(server, f"queue_lost_consumer:{SPARE_QUEUE}") is None
 
     offline = add_consumer(server, "llm", fixer.hostname)
-    assert offline.status == 400 and "not online" in offline.body["error"], offline
+    assert offline.status == 400 and "not online" in offline.data["error"], offline
 
     fixing = time.monotonic()
     assert add_consumer(server, "llm", partial.hostname).status == 200

@@ -27,8 +27,9 @@ import redis
 from dashboard import create_app
 from dashboard.config import config_from_mapping
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer
-from dashboard.web.runtime import runtime
-from tests.e2e.live_server import (
+from dashboard.web.context import services
+from tests.support.http import WebSocketClient
+from tests.support.live_server import (
     REPO_ROOT,
     SCRUBBED_ENV,
     LiveServer,
@@ -38,7 +39,8 @@ from tests.e2e.live_server import (
     start_live_server,
     toml_text,
 )
-from tests.helpers import WebSocketClient, started
+from tests.support.processes import started
+from tests.support.waits import wait_until
 
 PASSWORD = "S3cretPassw0rd"
 WRONG_PASSWORD = "Wr0ngPassw0rdX"
@@ -170,15 +172,8 @@ def post_json(server: LiveServer, scan: Scan, label: str, body: Any) -> tuple[in
     return status, json.loads(text)
 
 
-def wait_for(what: str, check: Any, timeout: float = WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False)
-        time.sleep(POLL)
+def wait_on(what: str, check: Any, timeout: float = WAIT_SECONDS) -> Any:
+    return wait_until(check, timeout, what, interval=POLL)
 
 
 def get_routes(task_id: str) -> list[str]:
@@ -195,7 +190,7 @@ def get_routes(task_id: str) -> list[str]:
             paths.append(adapter.build(rule.endpoint, {a: samples.get(a, "x") for a in rule.arguments}))
         return sorted(paths)
     finally:
-        rt = runtime(app)
+        rt = services(app)
         rt.monitor.stop()
         rt.client.close()
 
@@ -257,7 +252,7 @@ def first_ws_message(server: LiveServer, path: str) -> str:
 def task_ids(server: LiveServer, secret_worker: CeleryWorker) -> list[str]:
     """A task that succeeds and one that fails, both finished and seen by the dashboard."""
     # The event stream starts on the first request and subscribes lazily: events sent before are lost.
-    wait_for("the event stream to be live", lambda: get_json(server, "/api/status").get("broker") == "live")
+    wait_on("the event stream to be live", lambda: get_json(server, "/api/status").get("broker") == "live")
     scan = Scan()
     ids = []
     for label, body in (("ok", {"name": SUMMARIZE, "kwargs": {"note_id": "n1"}}),
@@ -267,7 +262,7 @@ def task_ids(server: LiveServer, secret_worker: CeleryWorker) -> list[str]:
         ids.append(payload["task_id"])
     scan.assert_clean()
     for task_id, state in zip(ids, ("SUCCESS", "FAILURE"), strict=True):
-        wait_for(f"{task_id} to reach {state} on the dashboard",
+        wait_on(f"{task_id} to reach {state} on the dashboard",
                  lambda t=task_id, s=state: task_state(server, t) == s)
     return ids
 
@@ -278,16 +273,16 @@ def task_state(server: LiveServer, task_id: str) -> str | None:
 
 
 def test_the_dashboard_works_on_the_password_redis(server: LiveServer, task_ids: list[str]) -> None:
-    status = wait_for("the event stream to be live", lambda: get_json(server, "/api/status").get("broker") == "live")
+    status = wait_on("the event stream to be live", lambda: get_json(server, "/api/status").get("broker") == "live")
     assert status
-    workers = wait_for("the worker to show up", lambda: get_json(server, "/api/workers")["workers"])
+    workers = wait_on("the worker to show up", lambda: get_json(server, "/api/workers")["workers"])
     assert any(w.get("hostname", "").startswith("secrets@") for w in workers), workers
     page = fetch(server, "GET", "/")[1]
     assert ":********@127.0.0.1" in page, "the index shows the broker URL, masked"
 
 
 def test_no_secret_in_any_page_api_or_websocket_while_redis_is_up(server: LiveServer, task_ids: list[str]) -> None:
-    wait_for("a routing comparison", lambda: get_json(server, "/api/routing").get("compared_at"))
+    wait_on("a routing comparison", lambda: get_json(server, "/api/routing").get("compared_at"))
     scan = Scan()
 
     scan_everything(server, scan, "up", task_ids)
@@ -351,9 +346,9 @@ def test_no_secret_from_a_dashboard_with_the_wrong_password(
         status, payload = post_json(wrong, scan, "wrong POST /api/dispatch", {"name": SUMMARIZE,
                                                                               "kwargs": {"note_id": "x"}})
         assert status == 503, payload
-        wait_for("the event stream to report the refusal",
+        wait_on("the event stream to report the refusal",
                  lambda: get_json(wrong, "/api/status").get("broker") != "connecting")
-        wait_for("the routing service to report the refusal",
+        wait_on("the routing service to report the refusal",
                  lambda: (lambda r: r.get("broker_error") or r.get("inspect_error"))(get_json(wrong, "/api/routing")))
         scan_everything(wrong, scan, "wrong", [str(uuid.uuid4())])
         scan.add("wrong server log", 0, wrong.log_path.read_text(encoding="utf-8", errors="replace"))
@@ -378,9 +373,9 @@ def test_no_secret_anywhere_after_redis_dies(
     assert status == 503, payload
     assert "broker" in payload["error"] and ":********@" in payload["error"], payload
     assert elapsed < 8, f"503 took {elapsed:.1f} s"
-    wait_for("the event stream to report the outage",
+    wait_on("the event stream to report the outage",
              lambda: get_json(server, "/api/status").get("broker") != "live")
-    wait_for("the routing service to report the outage",
+    wait_on("the routing service to report the outage",
              lambda: (lambda r: r.get("broker_error") or r.get("inspect_error"))(get_json(server, "/api/routing")))
     form = urllib.parse.urlencode({"form_id": "dispatch-0", "arg.audio_url": "https://e.x/a.wav"}).encode()
     status, text = fetch(server, "POST", "/dispatch", form, "application/x-www-form-urlencoded")

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import simple_websocket
 
-from tests.e2e.live_server import LiveServer, LiveServerError, dashboard_config, start_live_server
-from tests.helpers import WebSocketClient, call
+from tests.support.http import WebSocketClient, call
+from tests.support.live_server import LiveServer, LiveServerError, dashboard_config, start_live_server
 
 REQUEST_TIMEOUT = 2.0  # [server] request_timeout for these servers
 MAX_WEBSOCKETS = 40
@@ -122,7 +122,9 @@ def test_a_slowloris_drip_is_cut_at_the_request_deadline(server: LiveServer) -> 
 
 
 def ws_connect(server: LiveServer, path: str = "/ws/events?tasks=0") -> WebSocketClient:
-    return WebSocketClient.connect(f"ws://127.0.0.1:{server.port}{path}", headers={"Origin": "http://127.0.0.1"})
+    client: WebSocketClient = WebSocketClient.connect(f"ws://127.0.0.1:{server.port}{path}",
+                                                      headers={"Origin": "http://127.0.0.1"})
+    return client
 
 
 def test_websockets_past_the_cap_are_refused_at_once_and_http_keeps_answering(server: LiveServer) -> None:

@@ -19,12 +19,11 @@ import pytest
 from dashboard.config import default_audit_path
 from dashboard.exceptions import BrokerUnavailable, RoutingError
 from dashboard.exceptions import DispatchRefused as Refused
-from dashboard.model.dispatch import DispatchInvalid, DispatchOptions, DispatchRequest
+from dashboard.model.dispatch import OUTCOMES, DispatchInvalid, DispatchOptions, DispatchRequest, outcome_of
 from dashboard.services import audit as audit_module
 from dashboard.services.audit import (
     MAX_TEXT_CHARS,
     MEMORY,
-    OUTCOMES,
     SCHEMA_VERSION,
     AuditEntry,
     AuditLog,
@@ -34,7 +33,6 @@ from dashboard.services.audit import (
     capped,
     error_text,
     json_text,
-    outcome_of,
     request_entry,
 )
 
@@ -475,7 +473,7 @@ def test_default_path(environ: dict[str, str], expected: str | None) -> None:
         (Refused("no consumer", ["no consumer"], "q"), "refused"),
         (DispatchInvalid({"args": "bad"}), "invalid"),
         (BrokerUnavailable("down"), "unavailable"),
-        (RoutingError("no such queue"), "error"),
+        (RoutingError("no such queue"), "routing_error"),  # the same word as in /metrics
         (RuntimeError("boom"), "error"),
     ],
 )
@@ -528,7 +526,7 @@ def test_a_sent_dispatch_is_recorded_with_its_task_id(audit: AuditLog) -> None:
         (Refused("nobody consumes q2", ["nobody consumes q2"], "q2"), "refused", "q2", "nobody consumes q2"),
         (BrokerUnavailable("the broker at redis://:pw@h did not take it"), "unavailable", "q",
          "the broker at redis://:********@h did not take it"),
-        (RoutingError("queue q is not in task_queues"), "error", "q", "queue q is not in task_queues"),
+        (RoutingError("queue q is not in task_queues"), "routing_error", "q", "queue q is not in task_queues"),
         (ValueError("surprise"), "error", "q", "ValueError: surprise"),
     ],
 )
@@ -549,7 +547,7 @@ def test_a_failure_before_the_route_is_known_records_no_queue(audit: AuditLog) -
         raise RoutingError("bad router")
 
     (found,), _ = audit.query()
-    assert found.queue is None and found.outcome == "error"
+    assert found.queue is None and found.outcome == "routing_error"
 
 
 def test_a_block_that_ends_without_a_task_id_is_recorded_as_an_error(audit: AuditLog) -> None:

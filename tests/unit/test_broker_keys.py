@@ -66,9 +66,10 @@ def test_prefix_agrees_with_kombus_prefixed_client() -> None:
     client.global_keyprefix = "pfx:"
     for command in ("LLEN", "SMEMBERS", "HLEN", "LPUSH", "SADD"):
         assert command in client.PREFIXED_SIMPLE_COMMANDS
-    assert client._prefix_args(("LLEN", "orphan-q")) == ["LLEN", PREFIXED.queue_keys("orphan-q")[0]]
-    assert client._prefix_args(("SMEMBERS", "_kombu.binding.ex")) == ["SMEMBERS", "pfx:_kombu.binding.ex"]
-    assert client._prefix_args(("HLEN", "unacked")) == ["HLEN", PREFIXED.unacked]
+    prefix_args: Any = client._prefix_args  # kombu's own, untyped
+    assert prefix_args(("LLEN", "orphan-q")) == ["LLEN", PREFIXED.queue_keys("orphan-q")[0]]
+    assert prefix_args(("SMEMBERS", "_kombu.binding.ex")) == ["SMEMBERS", "pfx:_kombu.binding.ex"]
+    assert prefix_args(("HLEN", "unacked")) == ["HLEN", PREFIXED.unacked]
 
 
 def test_unacked_key() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for the per-client change fan-out (dashboard.services.hub): pure threading, no broker, no sockets."""
+"""Unit tests for the per-client change fan-out (dashboard.services.events.hub): pure threading, no sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from dashboard.services.hub import KINDS, Batch, Hub, Subscriber
+from dashboard.services.events.hub import KINDS, Batch, Hub, Subscriber
 
 DEADLINE = 5.0  # seconds a thread gets to finish; far above what any of them needs, so never the limiting factor
 LONG_WAIT = 30.0  # a take() timeout that would make a test visibly hang if the wake-up did not happen

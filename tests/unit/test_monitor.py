@@ -1,4 +1,4 @@
-"""Unit tests for the live monitor (dashboard.services.monitor), driven by hand: no broker, no threads of its own.
+"""Unit tests for the live monitor (dashboard.services.events), driven by hand: no broker, no threads of its own.
 
 The monitor is built with an unreachable broker URL and never started (except in the start() tests, where the
 listener is a dummy), its callbacks are called directly with Celery-shaped event dicts, and both of its clocks
@@ -14,12 +14,15 @@ from typing import Any
 
 import pytest
 
-from dashboard.model.state import heartbeat_expires
-from dashboard.services import monitor as monitor_module
+from dashboard.model.state import State, heartbeat_expires
 from dashboard.services.client import ClientSettings
-from dashboard.services.events import BrokerStatus, StatusReport
-from dashboard.services.hub import Batch, Hub, Subscriber
-from dashboard.services.monitor import ENABLE_EVENTS_EVERY, JOB_RETRY_SECONDS, Monitor
+from dashboard.services.events import monitor as monitor_module
+from dashboard.services.events.hub import Batch, Hub, Kind, Subscriber
+from dashboard.services.events.jobs import JOB_RETRY_SECONDS, Bell, Job, Jobs
+from dashboard.services.events.listener import BrokerStatus, StatusReport
+from dashboard.services.events.monitor import ENABLE_EVENTS_EVERY, Monitor
+from dashboard.services.events.sink import EventSink
+from dashboard.services.events.stream import StreamLog
 
 T0 = 1_700_000_000.0
 MONO0 = 10_000.0  # a monotonic reading well past ENABLE_EVENTS_EVERY, as on any host up for a while
@@ -69,12 +72,46 @@ def enable_calls(monkeypatch: pytest.MonkeyPatch, monotonic: FakeClock) -> list[
     return calls
 
 
+class RecordingHub(Hub):
+    """A hub that also records every change published, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[tuple[str, str]] = []
+
+    def publish(self, kind: Kind, key: str = "") -> None:
+        self.changes.append((kind, key))
+        super().publish(kind, key)
+
+
+SETTINGS = ClientSettings(broker_url=UNREACHABLE_BROKER, result_backend=None, task_routes={},
+                          task_default_queue="celery")
+
+
+def build_monitor(clock: FakeClock, monotonic: FakeClock, *jobs: Job, control_app: Any = None) -> Monitor:
+    """A monitor as the composition root builds one: a sink ringing the jobs' bell, the given jobs."""
+    bell = Bell()
+    sink = EventSink(State(clock=clock), RecordingHub(), on_worker_change=bell.ring)
+    return Monitor(SETTINGS, sink, StreamLog(clock), Jobs(jobs, bell, clock=monotonic), clock=clock,
+                   control_app=control_app)
+
+
+def with_jobs(monitor: Monitor, *jobs: Job) -> Monitor:
+    """Another monitor over the same sink, stream and bell, with `jobs` (subscribers of the first still listen)."""
+    return Monitor(SETTINGS, monitor.sink, monitor.stream, Jobs(jobs, monitor.jobs.bell, clock=monitor.jobs.clock),
+                   clock=monitor.clock)
+
+
+def published(monitor: Monitor) -> list[tuple[str, str]]:
+    """Every change the monitor's hub published so far."""
+    hub = monitor.hub
+    assert isinstance(hub, RecordingHub)
+    return hub.changes
+
+
 @pytest.fixture
 def monitor(clock: FakeClock, monotonic: FakeClock, enable_calls: list[float]) -> Monitor:
-    settings = ClientSettings(
-        broker_url=UNREACHABLE_BROKER, result_backend=None, task_routes={}, task_default_queue="celery"
-    )
-    return Monitor(settings, hub=Hub(), clock=clock)
+    return build_monitor(clock, monotonic)
 
 
 @pytest.fixture
@@ -141,10 +178,8 @@ class Recorder:
 
 
 def test_a_task_event_updates_the_state_and_is_published(monitor: Monitor, subscriber: Subscriber) -> None:
-    changes: list[tuple[str, str]] = []
-    monitor.on_change(lambda kind, key: changes.append((kind, key)))
-
-    monitor._on_event(task_sent("t1"))
+    monitor.sink.apply(task_sent("t1"))
+    changes = published(monitor)
 
     task = monitor.state.task("t1")
     assert task is not None
@@ -154,9 +189,9 @@ def test_a_task_event_updates_the_state_and_is_published(monitor: Monitor, subsc
 
 
 def test_a_burst_of_events_about_one_task_is_one_pending_key(monitor: Monitor, subscriber: Subscriber) -> None:
-    monitor._on_event(task_sent("t1"))
+    monitor.sink.apply(task_sent("t1"))
     for kind in ("task-received", "task-started", "task-succeeded"):
-        monitor._on_event({"type": kind, "uuid": "t1", "hostname": WORKER, "timestamp": T0 + 1})
+        monitor.sink.apply({"type": kind, "uuid": "t1", "hostname": WORKER, "timestamp": T0 + 1})
 
     task = monitor.state.task("t1")
     assert task is not None
@@ -165,8 +200,8 @@ def test_a_burst_of_events_about_one_task_is_one_pending_key(monitor: Monitor, s
 
 
 def test_an_ignored_event_publishes_nothing(monitor: Monitor, subscriber: Subscriber) -> None:
-    monitor._on_event({"type": "task-sent", "timestamp": T0})  # no uuid
-    monitor._on_event({"type": "something-else"})
+    monitor.sink.apply({"type": "task-sent", "timestamp": T0})  # no uuid
+    monitor.sink.apply({"type": "something-else"})
 
     assert not take(subscriber)
 
@@ -175,11 +210,11 @@ def test_a_worker_heartbeat_adds_an_online_worker_and_kicks_jobs(
     monitor: Monitor, subscriber: Subscriber, monotonic: FakeClock
 ) -> None:
     job = Recorder()
-    monitor.add_job("inspect", 1_000.0, job)
+    monitor = with_jobs(monitor, Job("inspect", 1_000.0, job))
     monitor.tick()  # the first tick runs every job once; the next run is 1000 s away
     take(subscriber)
 
-    monitor._on_event(worker_event("worker-heartbeat"))
+    monitor.sink.apply(worker_event("worker-heartbeat"))
     monitor.tick()
 
     worker = monitor.state.worker(WORKER)
@@ -192,12 +227,12 @@ def test_a_worker_heartbeat_adds_an_online_worker_and_kicks_jobs(
 
 def test_a_worker_offline_event_publishes_and_kicks_jobs(monitor: Monitor, subscriber: Subscriber) -> None:
     job = Recorder()
-    monitor.add_job("inspect", 1_000.0, job)
-    monitor._on_event(worker_event("worker-online"))
+    monitor = with_jobs(monitor, Job("inspect", 1_000.0, job))
+    monitor.sink.apply(worker_event("worker-online"))
     monitor.tick()
     take(subscriber)
 
-    monitor._on_event(worker_event("worker-offline", ts=T0 + 1))
+    monitor.sink.apply(worker_event("worker-offline", ts=T0 + 1))
     monitor.tick()
 
     worker = monitor.state.worker(WORKER)
@@ -218,8 +253,6 @@ def test_the_status_before_start_is_connecting(monitor: Monitor) -> None:
 def test_losing_a_live_stream_opens_a_gap_and_publishes_it(
     monitor: Monitor, subscriber: Subscriber, clock: FakeClock
 ) -> None:
-    reports: list[StatusReport] = []
-    monitor.on_status(reports.append)
     connect(monitor)
     take(subscriber)
 
@@ -231,7 +264,7 @@ def test_losing_a_live_stream_opens_a_gap_and_publishes_it(
         {"started": T0 + 5, "ended": None, "reason": "Connection refused", "detected": T0 + 5, "resynced": None}
     ]
     assert take(subscriber).keys == {"gap": ["1"], "status": ["reconnecting"]}
-    assert [report.status for report in reports] == [BrokerStatus.LIVE, BrokerStatus.RECONNECTING]
+    assert [key for kind, key in published(monitor) if kind == "status"] == ["live", "reconnecting"]
 
 
 def test_further_failures_while_down_do_not_open_another_gap(monitor: Monitor, subscriber: Subscriber) -> None:
@@ -298,7 +331,7 @@ def test_the_gap_shows_as_open_until_the_resync_after_it_finished(monitor: Monit
     assert monitor.gaps[-1].resynced is None
 
     clock.now = T0 + 4
-    monitor.gap_resynced()
+    assert monitor.stream.resynced(monitor.gaps_total)
 
     assert monitor.gaps[-1].resynced == T0 + 4
     monitor.gaps[-1].resynced = None  # a copy: the monitor's own record does not change
@@ -306,7 +339,7 @@ def test_the_gap_shows_as_open_until_the_resync_after_it_finished(monitor: Monit
 
 
 def test_the_listener_knows_the_stream_whole_up_to_the_newest_event_sent() -> None:
-    from dashboard.services.events import EventListener, build_listener_app
+    from dashboard.services.events.listener import EventListener, build_listener_app
 
     settings = ClientSettings(UNREACHABLE_BROKER, None, {}, "celery")
     clock = FakeClock(T0 + 100)
@@ -321,20 +354,19 @@ def test_the_listener_knows_the_stream_whole_up_to_the_newest_event_sent() -> No
 
 
 def test_a_connect_publishes_the_status_and_the_gap_end(monitor: Monitor) -> None:
-    changes: list[tuple[str, str]] = []
     connect(monitor)
     lose_stream(monitor)
-    monitor.on_change(lambda kind, key: changes.append((kind, key)))
+    before = len(published(monitor))
 
     connect(monitor)
+    changes = [change for change in published(monitor)[before:] if change[0] in ("status", "gap")]
 
     assert changes == [("status", "live"), ("gap", "1")]
 
 
 def test_a_connect_kicks_every_job(monitor: Monitor, monotonic: FakeClock) -> None:
     jobs = [Recorder(), Recorder()]
-    for n, job in enumerate(jobs):
-        monitor.add_job(f"job{n}", 1_000.0, job)
+    monitor = with_jobs(monitor, *(Job(f"job{n}", 1_000.0, job) for n, job in enumerate(jobs)))
     monitor.tick()
 
     connect(monitor)
@@ -361,8 +393,8 @@ def test_tick_flips_a_silent_worker_offline_at_celerys_heartbeat_expiry(
     monitor: Monitor, subscriber: Subscriber, clock: FakeClock
 ) -> None:
     job = Recorder()
-    monitor.add_job("inspect", 1_000.0, job)
-    monitor._on_event(worker_event("worker-heartbeat", ts=T0))
+    monitor = with_jobs(monitor, Job("inspect", 1_000.0, job))
+    monitor.sink.apply(worker_event("worker-heartbeat", ts=T0))
     monitor.tick()
     take(subscriber)
     expires = heartbeat_expires(T0, FREQ)
@@ -383,7 +415,7 @@ def test_tick_flips_a_silent_worker_offline_at_celerys_heartbeat_expiry(
 
 
 def test_tick_publishes_an_offline_flip_only_once(monitor: Monitor, subscriber: Subscriber, clock: FakeClock) -> None:
-    monitor._on_event(worker_event("worker-heartbeat", ts=T0))
+    monitor.sink.apply(worker_event("worker-heartbeat", ts=T0))
     clock.now = heartbeat_expires(T0, FREQ) + 1
     monitor.tick()
     take(subscriber)
@@ -397,12 +429,12 @@ def test_tick_publishes_an_offline_flip_only_once(monitor: Monitor, subscriber: 
 def test_a_heartbeat_after_going_offline_brings_the_worker_back(
     monitor: Monitor, subscriber: Subscriber, clock: FakeClock
 ) -> None:
-    monitor._on_event(worker_event("worker-heartbeat", ts=T0))
+    monitor.sink.apply(worker_event("worker-heartbeat", ts=T0))
     clock.now = heartbeat_expires(T0, FREQ) + 1
     monitor.tick()
     take(subscriber)
 
-    monitor._on_event(worker_event("worker-heartbeat", ts=clock.now))
+    monitor.sink.apply(worker_event("worker-heartbeat", ts=clock.now))
     monitor.tick()
 
     worker = monitor.state.worker(WORKER)
@@ -416,7 +448,7 @@ def test_a_heartbeat_after_going_offline_brings_the_worker_back(
 
 def test_jobs_run_on_the_first_tick_then_every_interval(monitor: Monitor, monotonic: FakeClock) -> None:
     job = Recorder()
-    monitor.add_job("inspect", 10.0, job)
+    monitor = with_jobs(monitor, Job("inspect", 10.0, job))
 
     monitor.tick()
     monitor.tick()
@@ -432,8 +464,7 @@ def test_jobs_run_on_the_first_tick_then_every_interval(monitor: Monitor, monoto
 
 def test_kick_by_name_makes_only_that_job_due(monitor: Monitor, monotonic: FakeClock) -> None:
     inspect, routing = Recorder(), Recorder()
-    monitor.add_job("inspect", 1_000.0, inspect)
-    monitor.add_job("routing", 1_000.0, routing)
+    monitor = with_jobs(monitor, Job("inspect", 1_000.0, inspect), Job("routing", 1_000.0, routing))
     monitor.tick()
 
     monitor.kick("inspect")
@@ -447,8 +478,7 @@ def test_a_failing_job_does_not_break_tick_or_the_other_jobs(
     monitor: Monitor, monotonic: FakeClock, error: BaseException
 ) -> None:
     failing, healthy = Recorder(error), Recorder()
-    monitor.add_job("failing", 10.0, failing)
-    monitor.add_job("healthy", 10.0, healthy)
+    monitor = with_jobs(monitor, Job("failing", 10.0, failing), Job("healthy", 10.0, healthy))
 
     monitor.tick()
     monotonic.now += 10.0
@@ -461,7 +491,7 @@ def test_a_job_the_broker_failed_runs_again_soon_not_a_whole_interval_later(
     monitor: Monitor, monotonic: FakeClock
 ) -> None:
     flaky = Recorder(ConnectionError("Connection closed by server."))
-    monitor.add_job("inspect", 10.0, flaky)
+    monitor = with_jobs(monitor, Job("inspect", 10.0, flaky))
 
     monitor.tick()
     monotonic.now += JOB_RETRY_SECONDS - 0.01
@@ -476,7 +506,7 @@ def test_a_job_the_broker_failed_runs_again_soon_not_a_whole_interval_later(
 
 def test_a_job_the_broker_keeps_failing_backs_off_up_to_its_interval(monitor: Monitor, monotonic: FakeClock) -> None:
     flaky = Recorder(ConnectionError("Connection refused"))
-    monitor.add_job("inspect", 10.0, flaky)
+    monitor = with_jobs(monitor, Job("inspect", 10.0, flaky))
     runs_at: list[float] = []
     start = monotonic.now
     while monotonic.now - start < 40.0:
@@ -493,7 +523,7 @@ def test_a_job_the_broker_keeps_failing_backs_off_up_to_its_interval(monitor: Mo
 
 def test_a_kick_after_broker_failures_restarts_the_quick_retry(monitor: Monitor, monotonic: FakeClock) -> None:
     flaky = Recorder(ConnectionError("Connection refused"))
-    monitor.add_job("inspect", 10.0, flaky)
+    monitor = with_jobs(monitor, Job("inspect", 10.0, flaky))
     for _ in range(4):
         monitor.tick()
         monotonic.now += 10.0
@@ -509,7 +539,7 @@ def test_a_kick_after_broker_failures_restarts_the_quick_retry(monitor: Monitor,
 
 def test_a_job_failing_for_another_reason_keeps_its_interval(monitor: Monitor, monotonic: FakeClock) -> None:
     buggy = Recorder(RuntimeError("bug in a job"))
-    monitor.add_job("inspect", 10.0, buggy)
+    monitor = with_jobs(monitor, Job("inspect", 10.0, buggy))
 
     monitor.tick()
     monotonic.now += JOB_RETRY_SECONDS
@@ -608,8 +638,7 @@ class FakeControlApp:
 
 def test_enable_events_broadcasts_on_a_connection_of_its_own(clock: FakeClock) -> None:
     control_app = FakeControlApp()
-    settings = ClientSettings(UNREACHABLE_BROKER, None, {}, "celery")
-    monitor = Monitor(settings, clock=clock, control_app=control_app)
+    monitor = build_monitor(clock, FakeClock(MONO0), control_app=control_app)
 
     monitor.enable_events()
     monitor.enable_events()
@@ -621,8 +650,7 @@ def test_enable_events_broadcasts_on_a_connection_of_its_own(clock: FakeClock) -
 
 def test_enable_events_swallows_broker_errors(clock: FakeClock) -> None:
     control_app = FakeControlApp(ConnectionRefusedError("no broker"))
-    settings = ClientSettings(UNREACHABLE_BROKER, None, {}, "celery")
-    monitor = Monitor(settings, clock=clock, control_app=control_app)
+    monitor = build_monitor(clock, FakeClock(MONO0), control_app=control_app)
 
     monitor.enable_events()  # logged, not raised: the ticker must carry on
 

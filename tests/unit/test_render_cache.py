@@ -10,9 +10,10 @@ from flask import Flask
 from dashboard import create_app
 from dashboard.config import config_from_mapping
 from dashboard.model.state import State, TaskView
+from dashboard.services.render_cache import RenderCache
 from dashboard.web import views
+from dashboard.web.context import services
 from dashboard.web.live import cached_tasks
-from dashboard.web.runtime import RenderCache, runtime
 
 T0 = 1_700_000_000.0
 
@@ -58,13 +59,13 @@ def app() -> Iterator[Flask]:
     config = config_from_mapping({"broker_url": "redis://127.0.0.1:1/0", "audit": {"path": ""}})
     built = create_app(config, live=False)
     yield built
-    rt = runtime(built)
+    rt = services(built)
     rt.monitor.stop()
     rt.client.close()
 
 
 def test_clients_share_a_rendering_until_the_task_changes(app: Flask) -> None:
-    rt = runtime(app)
+    rt = services(app)
     sent(rt.monitor.state, "t1")
     sent(rt.monitor.state, "t2")
     renders: list[tuple[str, int]] = []
@@ -85,7 +86,7 @@ def test_clients_share_a_rendering_until_the_task_changes(app: Flask) -> None:
 
 
 def test_the_tasks_table_takes_its_rows_from_the_cache(app: Flask) -> None:
-    rt = runtime(app)
+    rt = services(app)
     for task_id in ("t1", "t2"):
         sent(rt.monitor.state, task_id)
     filters = views.TaskFilters()
@@ -104,7 +105,7 @@ def test_the_tasks_table_takes_its_rows_from_the_cache(app: Flask) -> None:
 
 
 def test_rows_are_cached_per_path_prefix(app: Flask) -> None:
-    rt = runtime(app)
+    rt = services(app)
     sent(rt.monitor.state, "t1")
 
     with app.test_request_context("/tasks"):

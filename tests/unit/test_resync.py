@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboard.services.client import ClientSettings
-from dashboard.services.events import BrokerStatus, StatusReport
-from dashboard.services.monitor import Monitor
-from dashboard.services.resync import Resync
+from dashboard.app import build_services
+from dashboard.config import config_from_mapping
+from dashboard.services.container import Services
+from dashboard.services.events.listener import BrokerStatus, StatusReport
+from dashboard.services.events.monitor import Monitor
+from dashboard.services.events.resync import Resync
 
 
 class _NoWorkers:
@@ -15,9 +17,17 @@ class _NoWorkers:
     timeout = 0.1
 
 
+def _services() -> Services:
+    config = config_from_mapping({"broker_url": "redis://127.0.0.1:1/0", "audit": {"path": ""}})
+    return build_services(config, live=False, clock=lambda: 1000.0)
+
+
 def _monitor() -> Monitor:
-    settings = ClientSettings("redis://127.0.0.1:1/0", None, {}, "celery")
-    return Monitor(settings, clock=lambda: 1000.0)
+    return _services().monitor
+
+
+def _resync(monitor: Monitor, reader: Any) -> Resync:
+    return Resync(monitor.sink, monitor.stream, _NoWorkers(), reader)  # type: ignore[arg-type]
 
 
 def _gap(monitor: Monitor) -> None:
@@ -40,7 +50,7 @@ def test_after_a_gap_unfinished_tasks_take_the_backend_state_once() -> None:
         asked.append(task_id)
         return answers[task_id]
 
-    resync = Resync(monitor, _NoWorkers(), reader)  # type: ignore[arg-type]
+    resync = _resync(monitor, reader)
     resync.run()
     assert asked == []  # no gap yet: nothing to do
     _gap(monitor)
@@ -61,8 +71,22 @@ def test_a_failing_backend_stops_the_resync_without_raising() -> None:
     def reader(task_id: str) -> dict[str, Any] | None:
         raise ConnectionError("backend down")
 
-    resync = Resync(monitor, _NoWorkers(), reader)  # type: ignore[arg-type]
+    resync = _resync(monitor, reader)
     _gap(monitor)
     resync.run()
     assert monitor.state.task("t1").state == "PENDING"  # type: ignore[union-attr]
     assert monitor.gaps_total == 1 and monitor.gaps[-1].ended is not None
+
+
+def test_tasks_the_resync_finds_finished_reach_the_finished_task_counters() -> None:
+    # Once resync applied its events through a second path that skipped the hooks: /metrics never counted them.
+    services = _services()
+    monitor = services.monitor
+    monitor.sink.apply({"type": "task-sent", "uuid": "t1", "name": "a.b", "timestamp": 999.0})
+    resync = _resync(monitor, lambda task_id: {"state": "FAILURE", "result": "boom", "traceback": "Traceback"})
+    _gap(monitor)
+
+    resync.run()
+
+    assert services.stats.snapshot()["finished"] == {("a.b", "FAILURE"): 1}
+    assert monitor.gaps[-1].resynced is not None  # the indicator stops saying "resyncing"

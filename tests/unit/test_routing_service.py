@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from dashboard.model.state import State
 from dashboard.services import routing as routing_module
 from dashboard.services.client import ClientSettings, SendOnlyClient, build_send_only_app
+from dashboard.services.events.hub import Hub
+from dashboard.services.events.stream import StreamLog
 from dashboard.services.inspection import WorkerInspector
-from dashboard.services.monitor import Monitor
 from dashboard.services.routing import RoutingService
 
 T0 = 1_700_000_000.0
@@ -37,9 +39,9 @@ def clock() -> FakeClock:
 def service(clock: FakeClock) -> Iterator[RoutingService]:
     settings = ClientSettings(UNREACHABLE_BROKER, None, {}, "celery")
     client = SendOnlyClient(settings)
-    monitor = Monitor(settings, clock=clock)
-    built = RoutingService(client, monitor, WorkerInspector(build_send_only_app(settings)), None, [],
-                           grace=0.0, inspect_interval=10.0)
+    built = RoutingService(client, State(clock=clock), Hub(), StreamLog(clock),
+                           WorkerInspector(build_send_only_app(settings)), None, [], grace=0.0, inspect_interval=10.0,
+                           clock=clock)
     built.inspected_at = T0  # as if the workers had been asked (there are none)
     yield built
     client.close()
@@ -94,7 +96,7 @@ def test_the_guard_says_nothing_while_the_event_stream_is_not_live(service: Rout
     # expired) instead of the broker's own 503: silence is not evidence that nobody consumes.
     service.run_comparison()  # a report exists: no worker online, nobody consumes anything
     assert service.report is not None
-    assert service.monitor.status.status.value != "live"
+    assert not service.stream.live
 
     guard = service.guard("worker.tasks.anything", "some-queue")
 

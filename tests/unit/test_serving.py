@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dashboard.services.hub import Batch, Hub
+from dashboard.services.events.hub import Batch, Hub
 from dashboard.serving.server import Handoff, Limits, Server, _call_app
 from dashboard.serving.websocket import accept_token
 from dashboard.web.live import LiveSession

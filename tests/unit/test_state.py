@@ -623,7 +623,7 @@ def test_filtered_pages_and_totals_match_a_full_scan(seed: int) -> None:
 
     for query in filters:
         expected = [task.id for task in everything if all(getattr(task, k) == v for k, v in query.items())]
-        page, found_total = state.tasks(**query, limit=7, offset=3)  # type: ignore[arg-type]
+        page, found_total = state.tasks(**query, limit=7, offset=3)
         assert found_total == len(expected), query
         assert [task.id for task in page] == expected[3:10], query
 

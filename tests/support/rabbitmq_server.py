@@ -25,7 +25,7 @@ from typing import Any, Final, Self
 from kombu.connection import Connection
 from kombu.exceptions import KombuError
 
-from .processes import (
+from dashboard.services.processes import (
     POLL_INTERVAL,
     ManagedProcess,
     ProcessError,

@@ -1,6 +1,7 @@
 """Counters beyond the event state, for /metrics: finished tasks by name and state, runtimes, dispatch outcomes.
 
-Updated on the event thread (one dict increment and one bisect per finished task) and by the dispatch seam;
+Updated on the event thread (a hook of the event sink: one dict increment and one bisect per finished task, resynced
+ones included) and by the dispatcher;
 read at scrape time. Distinct task names are capped so a storm of typo'd names cannot grow memory.
 """
 
@@ -11,7 +12,7 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .monitor import Monitor
+from ...model.state import State
 
 RUNTIME_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 MAX_NAMES: Final = 1_000
@@ -23,7 +24,8 @@ _FINAL_STATES: Final = {"task-succeeded": "SUCCESS", "task-failed": "FAILURE", "
 class TaskStats:
     """Finished tasks by (name, state), a runtime histogram, and dispatches by outcome."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: State) -> None:
+        self._state = state
         self._lock = threading.Lock()
         self.finished: dict[tuple[str, str], int] = {}
         self.runtime_counts = [0] * (len(RUNTIME_BUCKETS) + 1)  # the last one is +Inf
@@ -32,17 +34,12 @@ class TaskStats:
         self.dispatches: dict[str, int] = {}
         self._names: set[str] = set()
 
-    def install(self, monitor: Monitor) -> None:
-        """Count from every task event the monitor applies."""
-        self._monitor = monitor
-        monitor.on_task_event(self.note_event)
-
     def note_event(self, event: Mapping[str, Any]) -> None:
         """Count a finished task (event thread)."""
         state = _FINAL_STATES.get(str(event.get("type")))
         if state is None:
             return
-        task = self._monitor.state.task(str(event.get("uuid", "")))
+        task = self._state.task(str(event.get("uuid", "")))
         name = (task.name if task is not None else None) or "(unknown)"
         runtime = event.get("runtime")
         with self._lock:

@@ -5,8 +5,9 @@ every reconnect that follows a live stream, this job (on the monitor's jobs thre
 - asks the workers for their active and reserved tasks (inspect), and marks those tasks started / received;
 - asks the result backend for the state of the retained tasks that are not finished yet, and applies the
   terminal states it knows (SUCCESS, FAILURE, REVOKED) with their result or traceback.
-What it learns goes through the State (whose lock makes this second writer safe) as synthetic task events
-stamped with the time of the resync, so pages and streams update the usual way.
+What it learns goes through the event sink, the one path every event takes (State, whose lock makes this second
+writer safe, Hub and hooks: finished-task counters included), as synthetic task events stamped with the time of
+the resync, so pages and streams update the usual way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .client import BROKER_ERRORS
-from .inspection import WorkerInspector
-from .monitor import Monitor
+from ..client import BROKER_ERRORS
+from ..inspection import WorkerInspector
+from .jobs import Job
+from .sink import EventSink
+from .stream import StreamLog
 
 log = logging.getLogger(__name__)
 
@@ -32,39 +35,39 @@ ResultReader = Callable[[str], "dict[str, Any] | None"]
 class Resync:
     """The job; `run()` does nothing unless a gap closed since the last run."""
 
-    def __init__(self, monitor: Monitor, inspector: WorkerInspector, results: ResultReader | None) -> None:
-        self.monitor = monitor
+    def __init__(self, sink: EventSink, stream: StreamLog, inspector: WorkerInspector,
+                 results: ResultReader | None) -> None:
+        self.sink = sink
+        self.state = sink.state
+        self.stream = stream
         self.inspector = inspector
         self.results = results
-        self._handled_gaps = 0
         self.resynced_total = 0
         self.runs = 0
 
-    def install(self) -> None:
-        """Register as a job on the monitor (checked every second, cheap when there is nothing to do)."""
-        self.monitor.add_job("resync", 1.0, self.run)
+    def job(self) -> Job:
+        """The monitor's job: checked every second, cheap when there is nothing to do."""
+        return Job("resync", 1.0, self.run)
 
     def run(self) -> None:
         """Resync once per closed gap."""
-        gaps = self.monitor.gaps
-        if not gaps or gaps[-1].ended is None or self.monitor.gaps_total == self._handled_gaps:
+        number = self.stream.unresynced_gap()
+        if number is None:
             return
-        self._handled_gaps = self.monitor.gaps_total
         self.runs += 1
         started = time.monotonic()
         recovered = self._from_workers() + self._from_backend()
         self.resynced_total += recovered
-        self.monitor.gap_resynced()
+        if self.stream.resynced(number):
+            self.sink.publish("gap", str(number))
         log.warning("event stream gap: resynced %d task(s) in %.2fs (events sent during the gap are lost)",
                     recovered, time.monotonic() - started)
 
     def _apply(self, event: dict[str, Any]) -> None:
-        change = self.monitor.state.apply(event)
-        if change is not None:
-            self.monitor.publish(change.kind, change.key)
+        self.sink.apply(event)
 
     def _from_workers(self) -> int:
-        online = [view for view in self.monitor.state.workers() if view.online]
+        online = [view for view in self.state.workers() if view.online]
         if not online:
             return 0
         try:
@@ -95,7 +98,7 @@ class Resync:
         count = 0
         checked = 0
         for state in UNFINISHED:
-            tasks, _ = self.monitor.state.tasks(state=state, limit=MAX_TASKS_CHECKED)
+            tasks, _ = self.state.tasks(state=state, limit=MAX_TASKS_CHECKED)
             for task in tasks:
                 if checked >= MAX_TASKS_CHECKED:
                     return count

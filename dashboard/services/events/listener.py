@@ -12,8 +12,8 @@ from typing import Any
 
 from celery import Celery
 
-from ..model.secrets import mask_text
-from .client import BROKER_ERRORS, ClientSettings
+from ...model.secrets import mask_text
+from ..client import BROKER_ERRORS, ClientSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,52 @@
+"""Everything one dashboard app owns, built once by the composition root (dashboard/app.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Config
+from ..model.state import State
+from .audit import AuditLog
+from .client import SendOnlyClient
+from .dispatch import Dispatcher
+from .events.hub import Hub
+from .events.monitor import Monitor
+from .events.resync import Resync
+from .events.stats import TaskStats
+from .events.stream import StreamLog
+from .render_cache import RenderCache
+from .routing import RoutingService
+from .sessions import SessionRevocations
+
+
+@dataclass(frozen=True)
+class Services:
+    """The app's services, every one set at construction. `audit` is None exactly when auditing is off."""
+
+    config: Config
+    client: SendOnlyClient
+    state: State
+    hub: Hub
+    stream: StreamLog
+    monitor: Monitor
+    routing: RoutingService
+    resync: Resync
+    stats: TaskStats
+    audit: AuditLog | None
+    dispatcher: Dispatcher
+    revocations: SessionRevocations
+    rendered: RenderCache  # task messages and rows, shared by the websockets
+    live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
+
+    def ensure_started(self) -> None:
+        """Start the monitor once in this process (cheap after the first call)."""
+        if self.live and not self.monitor.started:
+            self.monitor.start()
+
+    def close(self) -> None:
+        """Stop the threads and release the connections (tests, clean shutdown)."""
+        self.monitor.stop()
+        self.client.close()
+        self.revocations.close()
+        if self.audit is not None:
+            self.audit.close()
