@@ -21,6 +21,7 @@ from .model.catalog import (
     TaskSpec,
     task_name_problem,
 )
+from .model.values import number_in
 
 ENV_CONFIG = "DASHBOARD_CONFIG"
 ENV_CLIENT_APP = "DASHBOARD_CLIENT_APP"
@@ -141,10 +142,10 @@ def config_from_mapping(
     if not default_queue:
         raise fail("task_default_queue must not be empty")
     timeout = data.get("broker_timeout", 2.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 60:
+    if not number_in(timeout, 0.1, 60):
         raise fail("broker_timeout must be a number of seconds between 0.1 and 60")
     proxies = data.get("trusted_proxies", 0)
-    if isinstance(proxies, bool) or not isinstance(proxies, int) or not 0 <= proxies <= MAX_TRUSTED_PROXIES:
+    if not number_in(proxies, 0, MAX_TRUSTED_PROXIES, whole=True):
         raise fail(f"trusted_proxies must be a whole number of proxies between 0 and {MAX_TRUSTED_PROXIES}")
     transport_options = data.get("broker_transport_options", {})
     if not isinstance(transport_options, dict):
@@ -186,11 +187,11 @@ def _server(raw: Any, env: Mapping[str, str], fail: Any) -> ServerSettings:
     limits: dict[str, int] = {}
     for key in ("max_websockets", "max_websockets_per_client"):
         value = raw.get(key, getattr(defaults, key))
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+        if not number_in(value, 1, 100_000, whole=True):
             raise fail(f"[server] {key} must be a whole number from 1 to 100000")
         limits[key] = value
     timeout = raw.get("request_timeout", defaults.request_timeout)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.5 <= timeout <= 300:
+    if not number_in(timeout, 0.5, 300):
         raise fail("[server] request_timeout must be a number of seconds from 0.5 to 300")
     return ServerSettings(
         tuple(h.strip().lower() for h in hosts) if hosts is not None else None,
@@ -228,7 +229,7 @@ def _audit(raw: Any, env: Mapping[str, str], fail: Any) -> tuple[str, float | No
         default = default_audit_path(env)
         path = str(default) if default is not None else ""
     days = raw.get("retention_days", 0)
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 <= days <= MAX_RETENTION_DAYS:
+    if not number_in(days, 0, MAX_RETENTION_DAYS):
         raise fail(f"[audit] retention_days must be a number of days between 0 (keep for ever) and "
                    f"{MAX_RETENTION_DAYS}")
     return path, (float(days) if days else None)
@@ -349,10 +350,10 @@ def _monitor(raw: Any, fail: Any) -> MonitorSettings:
     values: dict[str, Any] = {}
     for key, low, high in (("inspect_interval", 0.1, 3600), ("alert_grace", 0, 86400)):
         value = raw.get(key, getattr(defaults, key))
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        if not number_in(value, low, high):
             raise fail(f"[monitor] {key} must be a number of seconds from {low} to {high}")
         values[key] = float(value)
     max_tasks = raw.get("max_tasks", defaults.max_tasks)
-    if isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or not 1 <= max_tasks <= 10_000_000:
+    if not number_in(max_tasks, 1, 10_000_000, whole=True):
         raise fail("[monitor] max_tasks must be a whole number from 1 to 10000000")
     return MonitorSettings(values["inspect_interval"], values["alert_grace"], max_tasks)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
+from .values import number_in
+
 Role = Literal["viewer", "operator"]
 ROLES: Final[tuple[Role, ...]] = ("viewer", "operator")
 ANONYMOUS: Final = "anonymous"
@@ -216,6 +218,6 @@ def parse_auth(raw: object, make: Callable[[str], Exception]) -> AuthSettings:
             raise make(f"{where} ({name}): role must be viewer or operator")
         tokens.append(Token(name, digest, role))
     hours = raw.get("session_hours", 12.0)
-    if isinstance(hours, bool) or not isinstance(hours, (int, float)) or not 0.05 <= hours <= 24 * 30:
+    if not number_in(hours, 0.05, 24 * 30):
         raise make("[auth] session_hours must be a number from 0.05 to 720")
     return AuthSettings(tuple(users), tuple(tokens), float(hours))

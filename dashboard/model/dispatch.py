@@ -11,6 +11,7 @@ from typing import Any, Final, Literal, get_args
 
 from ..exceptions import BrokerUnavailable, DispatchRefused, RoutingError
 from .catalog import Catalog, InvalidValue, TaskSpec, task_name_problem
+from .values import is_number, is_whole
 
 #: What became of a dispatch attempt: one vocabulary for the audit log, /metrics and the pages.
 #: sent: the broker took it; refused: the guard stopped it (409, "force" to send anyway); invalid: bad input (4xx);
@@ -324,7 +325,7 @@ def _parse_options(raw: Mapping[str, Any], now: datetime, errors: dict[str, str]
                 priority = int(priority)
             except ValueError:
                 priority = "bad"
-        if isinstance(priority, bool) or not isinstance(priority, int) or priority not in PRIORITY_RANGE:
+        if not is_whole(priority) or priority not in PRIORITY_RANGE:
             errors["options.priority"] = "must be a whole number from 0 to 9"
             priority = None
     return DispatchOptions(queue, countdown, eta, expires, priority)
@@ -340,7 +341,7 @@ def _number_option(value: Any, key: str, errors: dict[str, str], *, typed: bool)
         except ValueError:
             errors[f"options.{key}"] = "must be a number of seconds"
             return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         errors[f"options.{key}"] = "must be a number of seconds"
         return None
     return float(value)

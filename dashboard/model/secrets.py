@@ -34,3 +34,13 @@ def mask_url(url: str | None) -> str:
 def mask_text(text: str) -> str:
     """Free text (an error message, a log line) with every URL password masked."""
     return _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+
+
+MAX_REASON_CHARS = 300
+
+
+def reason(exc: BaseException | str) -> str:
+    """Why something failed, for a message or a log line: the error's text (its type when it has none), every URL
+    password masked, cut at MAX_REASON_CHARS."""
+    text = mask_text(str(exc)) or (type(exc).__name__ if isinstance(exc, BaseException) else "")
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."

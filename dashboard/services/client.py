@@ -21,7 +21,8 @@ from kombu.exceptions import KombuError, OperationalError
 from ..config import Config
 from ..exceptions import BrokerUnavailable, ConfigError, RoutingError
 from ..model.dispatch import DispatchOptions, DispatchRequest
-from ..model.secrets import mask_text, mask_url
+from ..model.routing import RouteSource
+from ..model.secrets import mask_url, reason
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,10 @@ BROKER_ERRORS += (*_AmqpTransport.connection_errors, *_AmqpTransport.channel_err
 
 
 @dataclass(frozen=True, slots=True)
-class RouteSource:
+class RouteMatch:
     """Which route decided a destination: an explicit queue, a task_routes entry, or the default queue."""
 
-    kind: str  # "override" | "route" | "default"
+    kind: RouteSource
     pattern: str | None = None  # the task_routes key that matched, for kind == "route"
     router: str | None = None  # a description of a non-mapping router that matched
 
@@ -65,7 +66,7 @@ class Resolution:
     queue: str
     exchange: str
     routing_key: str
-    source: RouteSource
+    source: RouteMatch
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -199,29 +200,29 @@ class SendOnlyClient:
             routing_key = str(route.get("routing_key") or queue_name)
         if hasattr(exchange, "name"):
             exchange = exchange.name
-        return Resolution(name, queue_name, str(exchange), str(routing_key), self._route_source(name, wanted))
+        return Resolution(name, queue_name, str(exchange), str(routing_key), self._route_match(name, wanted))
 
-    def _route_source(self, name: str, wanted: Mapping[str, Any]) -> RouteSource:
+    def _route_match(self, name: str, wanted: Mapping[str, Any]) -> RouteMatch:
         """Which task_routes entry Celery matched, found by asking each prepared router in Celery's order."""
         if wanted.get("queue"):
-            return RouteSource("override")
+            return RouteMatch("override")
         router = self.app.amqp.router
         for index, candidate in enumerate(router.routes):
             if isinstance(candidate, MapRoute):
                 if name in candidate.map:
-                    return RouteSource("route", pattern=name)
+                    return RouteMatch("route", pattern=name)
                 for regex in candidate.patterns:
                     if regex.match(name):
                         source = getattr(regex, "pattern", str(regex))
-                        return RouteSource("route", pattern=self._globs.get(source, source))
+                        return RouteMatch("route", pattern=self._globs.get(source, source))
                 continue
             try:
                 found = router.query_router(candidate, name, (), {}, {}, None)
             except Exception:  # noqa: BLE001 - user routers; resolve() already reported failures
                 found = None
             if found:
-                return RouteSource("route", router=f"router #{index + 1}: {_describe(candidate)}")
-        return RouteSource("default")
+                return RouteMatch("route", router=f"router #{index + 1}: {_describe(candidate)}")
+        return RouteMatch("default")
 
     def send(self, request: DispatchRequest, resolution: Resolution | None = None) -> SentTask:
         """Publish the task where `resolution` says (resolved here when not given); raise BrokerUnavailable within
@@ -240,7 +241,7 @@ class SendOnlyClient:
             task_id = self._publish(request, options)
         except BROKER_ERRORS as exc:
             elapsed = time.monotonic() - started
-            message = f"the broker at {self.broker_display} did not take the task ({_reason(exc)}) after {elapsed:.1f}s"
+            message = f"the broker at {self.broker_display} did not take the task ({reason(exc)}) after {elapsed:.1f}s"
             if not _refused(exc):
                 # The connection broke after the message may have gone out: Redis can store it and die before
                 # it answers. Say so, rather than invite a blind resend that would run the task twice.
@@ -279,10 +280,10 @@ class SendOnlyClient:
             value = result.result if state in ("SUCCESS", "FAILURE", "RETRY", "PROGRESS") else None
             return {"state": state, "result": value, "traceback": result.traceback}
         except BROKER_ERRORS as exc:
-            raise BrokerUnavailable(f"the result backend did not answer ({_reason(exc)})") from None
+            raise BrokerUnavailable(f"the result backend did not answer ({reason(exc)})") from None
         except RuntimeError as exc:  # Celery's "Retry limit exceeded" wraps the connection error
             cause = exc.__cause__ or exc
-            raise BrokerUnavailable(f"the result backend did not answer ({_reason(cause)})") from None
+            raise BrokerUnavailable(f"the result backend did not answer ({reason(cause)})") from None
 
     def close(self) -> None:
         """Release the apps' connections."""
@@ -385,6 +386,3 @@ def _refused(exc: BaseException) -> bool:
     return False
 
 
-def _reason(exc: BaseException) -> str:
-    text = mask_text(str(exc)) or type(exc).__name__
-    return text if len(text) < 300 else text[:297] + "..."

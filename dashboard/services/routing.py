@@ -17,13 +17,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
 from ..exceptions import BrokerUnavailable, DashboardError
 from ..model.alerts import Alert, AlertBook, AlertChange, conditions_from
+from ..model.guard import Guard, dispatch_guard
 from ..model.routing import ApiRoute, BrokerQueue, RoutingReport, WorkerSnapshot, compare
 from ..model.secrets import mask_text
 from ..model.state import State, WorkerView
@@ -40,31 +40,6 @@ MAX_SENT_NAMES = 5_000  # distinct task names remembered from task-sent events (
 ROUTING_EVERY = 2.0
 MAX_ALERT_HISTORY = 200
 _UNAVAILABLE: tuple[type[BaseException], ...] = (BrokerUnavailable, *BROKER_ERRORS)
-
-
-@dataclass(frozen=True)
-class Guard:
-    """Why a dispatch deserves a confirmation: no consumer for its queue, or no worker registers the name."""
-
-    queue: str
-    no_consumer: bool
-    unregistered: bool
-    known: bool  # False before the first inspection: nothing can be said yet
-
-    @property
-    def warnings(self) -> list[str]:
-        """Plain sentences for the form and the 409 body."""
-        out = []
-        if self.no_consumer:
-            out.append(f"no online worker consumes queue {self.queue!r}: the task would wait there until one does")
-        if self.unregistered:
-            out.append("no online worker registers this task name: a worker that receives it discards it")
-        return out
-
-    @property
-    def blocks(self) -> bool:
-        """True when the user must confirm."""
-        return self.no_consumer or self.unregistered
 
 
 class WorkerRouteResolver:
@@ -186,7 +161,7 @@ class RoutingService:
 
         A broker error is recorded in `inspect_error` and raised again, so the monitor retries soon.
         """
-        online = [view for view in self.state.workers() if view.online]
+        online = self.state.online_workers()
         try:
             result = self.inspector.inspect(expected=len(online) or None)
         except BROKER_ERRORS as exc:
@@ -349,25 +324,12 @@ class RoutingService:
             return (self.history[-missed:] if missed > 0 else []), total
 
     def guard(self, name: str, queue: str) -> Guard:
-        """Would this dispatch land where nobody takes it? Judged from the latest inspection.
-
-        Nothing can be said before the first inspection, nor while the event stream is down: heartbeats stop
-        then and every worker looks offline, but the broker's own answer (a 503, or the task accepted) is the
-        truth the sender needs, not a "no consumer" guessed from silence.
-        """
-        report = self.report
-        if report is None or not self.stream.live:
-            return Guard(queue, False, False, known=False)
-        online = [view for view in self.state.workers() if view.online]
-        with self._lock:
-            reports = {view.hostname: self._reports.get(view.hostname) for view in online}
-        consumers = [h for h, r in reports.items() if r is not None and r.queues and queue in r.queues]
-        registrars = [h for h, r in reports.items() if r is not None and r.registered and name in r.registered]
-        return Guard(queue, no_consumer=not consumers, unregistered=not registrars, known=True)
+        """Would this dispatch land where nobody takes it? Judged from the latest comparison (model/guard.py)."""
+        return dispatch_guard(self.report, name, queue, stream_live=self.stream.live)
 
     def online_workers(self) -> list[str]:
         """Hostnames of online workers, for the add-consumer form."""
-        return [view.hostname for view in self.state.workers() if view.online]
+        return [view.hostname for view in self.state.online_workers()]
 
 
 def _shown(report: WorkerReport | None) -> Any:

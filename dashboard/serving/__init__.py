@@ -87,6 +87,25 @@ def _serve_werkzeug(app: Flask, options: ServerOptions, on_ready: Callable[[str]
         server.server_close()
 
 
+def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
+    """gunicorn's settings for `options` (the hooks aside)."""
+    return {
+        "bind": [f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"],
+        "workers": options.workers,
+        "worker_class": "dashboard.serving.worker.DashboardWorker",
+        "graceful_timeout": 3,
+        "timeout": 60,
+        # Our worker reads X-Forwarded-* never; the app believes them only from `trusted_proxies` (ProxyFix).
+        "forwarded_allow_ips": "",
+        "secure_scheme_headers": {},
+        "loglevel": options.log_level,
+        "accesslog": None,
+        "errorlog": "-",
+        "control_socket_disable": True,  # gunicorn 27 would share one control socket path between instances
+        "proc_name": "dispatch-dashboard",
+    }
+
+
 def _serve_gunicorn(app: Flask, options: ServerOptions, on_ready: Callable[[str], None]) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -121,24 +140,8 @@ def _serve_gunicorn(app: Flask, options: ServerOptions, on_ready: Callable[[str]
         logging.shutdown()
         os._exit(code if isinstance(code, int) else 1)
 
-    settings = {
-        "bind": [f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"],
-        "workers": options.workers,
-        "worker_class": "dashboard.serving.worker.DashboardWorker",
-        "graceful_timeout": 3,
-        "timeout": 60,
-        # Our worker reads X-Forwarded-* never; the app believes them only from `trusted_proxies` (ProxyFix).
-        "forwarded_allow_ips": "",
-        "secure_scheme_headers": {},
-        "loglevel": options.log_level,
-        "accesslog": None,
-        "errorlog": "-",
-        "control_socket_disable": True,  # gunicorn 27 would share one control socket path between instances
-        "when_ready": when_ready,
-        "post_worker_init": post_worker_init,
-        "worker_exit": worker_exit,
-        "proc_name": "dispatch-dashboard",
-    }
+    settings = {**gunicorn_settings(options), "when_ready": when_ready, "post_worker_init": post_worker_init,
+                "worker_exit": worker_exit}
 
     class _Application(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

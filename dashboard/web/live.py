@@ -121,68 +121,78 @@ def _send_all(ws: Any, messages: list[str]) -> None:
 # -- /ws/ui: htmx fragments ----------------------------------------------------------------------------------
 
 
+def _status_html(svc: Services) -> str:
+    """What every page shows: the connection indicator and the alert banner."""
+    return views.status_fragment(svc) + views.alert_banner_fragment(svc)
+
+
+def _chrome(svc: Services, batch: Batch) -> str:
+    changed = batch.get("status") or batch.get("gap") or batch.get("alert")
+    return _status_html(svc) if changed else ""
+
+
+def _tasks_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
+    try:
+        filters = views.TaskFilters.from_args(args)
+    except views.FilterError:
+        filters = views.TaskFilters()
+    shown: set[str] = set()
+
+    def snapshot() -> list[str]:
+        return [_status_html(svc) + views.workers_fragment(svc) + _table(svc, filters, shown)]
+
+    return LiveSession(snapshot, lambda batch: tasks_update(svc, filters, shown, batch, _chrome(svc, batch)),
+                       UI_FRAME_SECONDS)
+
+
+def _task_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
+    task_id = args.get("id", "")[:255]
+
+    def update(batch: Batch) -> list[str]:
+        detail = views.task_detail_fragment(svc, task_id) if task_id in batch.get("task") else ""
+        return [_chrome(svc, batch) + detail]
+
+    return LiveSession(lambda: [_status_html(svc) + views.task_detail_fragment(svc, task_id)], update,
+                       UI_FRAME_SECONDS)
+
+
+def _workers_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
+    return LiveSession(lambda: [_status_html(svc) + views.workers_fragment(svc)],
+                       lambda b: [_chrome(svc, b) + (views.workers_fragment(svc) if b.get("worker") else "")],
+                       UI_FRAME_SECONDS)
+
+
+def _routing_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
+    online_sent = [svc.routing.online_workers()]
+
+    def update(batch: Batch) -> list[str]:
+        parts = [_chrome(svc, batch)]
+        # Re-send the panel (and its fix forms) only when what it shows changed: a heartbeat must not wipe a form
+        # the user is filling in.
+        online = svc.routing.online_workers()
+        if batch.get("alert") or (batch.get("worker") and online != online_sent[0]):
+            online_sent[0] = online
+            parts.append(views.alerts_panel_fragment(svc))
+        if batch.get("routing"):
+            parts.append(views.routing_fragment(svc))
+        return ["".join(parts)]
+
+    return LiveSession(lambda: [_status_html(svc) + views.alerts_panel_fragment(svc) + views.routing_fragment(svc)],
+                       update, UI_FRAME_SECONDS)
+
+
+def _status_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
+    return LiveSession(lambda: [_status_html(svc)], lambda b: [_chrome(svc, b)], UI_FRAME_SECONDS)
+
+
+UI_VIEWS: dict[str, Callable[[Services, Mapping[str, str]], LiveSession]] = {
+    "tasks": _tasks_view, "task": _task_view, "workers": _workers_view, "routing": _routing_view,
+}
+
+
 def ui_session(svc: Services, args: Mapping[str, str]) -> LiveSession:
-    """Fragments for the page named by ?view= (tasks, task, workers, routing, status), swapped in by element id."""
-    view = args.get("view", "status")
-
-    def status_html() -> str:
-        # What every page shows: the connection indicator and the alert banner.
-        return views.status_fragment(svc) + views.alert_banner_fragment(svc)
-
-    def chrome(batch: Batch) -> str:
-        changed = batch.get("status") or batch.get("gap") or batch.get("alert")
-        return status_html() if changed else ""
-
-    if view == "tasks":
-        try:
-            filters = views.TaskFilters.from_args(args)
-        except views.FilterError:
-            filters = views.TaskFilters()
-        shown: set[str] = set()
-
-        def snapshot() -> list[str]:
-            return [status_html() + views.workers_fragment(svc) + _table(svc, filters, shown)]
-
-        return LiveSession(snapshot, lambda batch: tasks_update(svc, filters, shown, batch, chrome(batch)),
-                           UI_FRAME_SECONDS)
-    if view == "task":
-        task_id = args.get("id", "")[:255]
-
-        def task_snapshot() -> list[str]:
-            return [status_html() + views.task_detail_fragment(svc, task_id)]
-
-        def task_update(batch: Batch) -> list[str]:
-            parts = [chrome(batch)]
-            if task_id in batch.get("task"):
-                parts.append(views.task_detail_fragment(svc, task_id))
-            return ["".join(parts)]
-
-        return LiveSession(task_snapshot, task_update, UI_FRAME_SECONDS)
-    if view == "workers":
-        return LiveSession(lambda: [status_html() + views.workers_fragment(svc)],
-                           lambda b: [chrome(b) + (views.workers_fragment(svc) if b.get("worker") else "")],
-                           UI_FRAME_SECONDS)
-    if view == "routing":
-
-        def routing_snapshot() -> list[str]:
-            return [status_html() + views.alerts_panel_fragment(svc) + views.routing_fragment(svc)]
-
-        online_sent: list[list[str]] = [svc.routing.online_workers() if svc.routing is not None else []]
-
-        def routing_update(batch: Batch) -> list[str]:
-            parts = [chrome(batch)]
-            # Re-send the panel (and its fix forms) only when what it shows changed: a heartbeat must not wipe
-            # a form the user is filling in.
-            online = svc.routing.online_workers() if svc.routing is not None else []
-            if batch.get("alert") or (batch.get("worker") and online != online_sent[0]):
-                online_sent[0] = online
-                parts.append(views.alerts_panel_fragment(svc))
-            if batch.get("routing"):
-                parts.append(views.routing_fragment(svc))
-            return ["".join(parts)]
-
-        return LiveSession(routing_snapshot, routing_update, UI_FRAME_SECONDS)
-    return LiveSession(lambda: [status_html()], lambda b: [chrome(b)], UI_FRAME_SECONDS)
+    """Fragments for the page named by ?view= (tasks, task, workers, routing, else status), swapped in by id."""
+    return UI_VIEWS.get(args.get("view", "status"), _status_view)(svc, args)
 
 
 def tasks_update(svc: Services, filters: views.TaskFilters, shown: set[str], batch: Batch, chrome: str) -> list[str]:
@@ -264,8 +274,7 @@ def events_session(svc: Services, args: Mapping[str, str]) -> LiveSession:
     alerts_seen = [0]  # alert changes already reflected in what this client has
 
     def snapshot() -> list[str]:
-        if svc.routing is not None:
-            alerts_seen[0] = svc.routing.changes_total
+        alerts_seen[0] = svc.routing.changes_total
         return [_dumps(snapshot_message(svc, limit))]
 
     def update(batch: Batch) -> list[str]:
@@ -348,15 +357,14 @@ def _messages(svc: Services, batch: Batch, alerts_seen: list[int]) -> Iterator[s
             yield _dumps(worker_message(worker))
     yield from cached_tasks(svc, batch.get("task"), "json", lambda task: _dumps(task_message(task)))
     routing = svc.routing
-    if routing is not None:
-        if batch.get("alert"):
-            # Every change in order, from the history: the batch only says which keys changed, and a key
-            # raised and cleared within one frame must still reach tools as both.
-            changes, alerts_seen[0] = routing.changes_since(alerts_seen[0])
-            for change in changes:
-                yield _dumps({"type": "alert", "status": change.status, **change.alert.to_dict()})
-        if batch.get("routing") and routing.report is not None:
-            yield _dumps({"type": "routing", **routing.report.to_dict()})
+    if batch.get("alert"):
+        # Every change in order, from the history: the batch only says which keys changed, and a key raised and
+        # cleared within one frame must still reach tools as both.
+        changes, alerts_seen[0] = routing.changes_since(alerts_seen[0])
+        for change in changes:
+            yield _dumps({"type": "alert", "status": change.status, **change.alert.to_dict()})
+    if batch.get("routing") and routing.report is not None:
+        yield _dumps({"type": "routing", **routing.report.to_dict()})
 
 
 def cached_tasks(svc: Services, task_ids: Iterable[str], kind: str, render: Callable[[TaskView], str]) -> list[str]:

@@ -75,13 +75,13 @@ def runtime_metrics(svc: Services) -> Callable[[], Iterator[Metric]]:
     def collect() -> Iterator[Metric]:
         yield CounterMetricFamily(f"{PREFIX}_tasks_resynced",
                                   "Tasks recovered after a gap in the event stream (inspect, result backend).",
-                                  value=svc.resync.resynced_total if svc.resync is not None else 0)
+                                  value=svc.resync.resynced_total)
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Messages waiting in a queue (Redis: all priorities).",
                                   labels=["queue"])
         consumers = GaugeMetricFamily(f"{PREFIX}_queue_consumers", "Online workers consuming a queue.",
                                       labels=["queue"])
         orphaned = 0
-        report = svc.routing.report if svc.routing is not None else None
+        report = svc.routing.report
         for queue in report.queues if report is not None else ():
             if queue.depth is not None:
                 depth.add_metric([queue.name], queue.depth)
@@ -93,7 +93,7 @@ def runtime_metrics(svc: Services) -> Callable[[], Iterator[Metric]]:
                                 value=orphaned)
         alerts = GaugeMetricFamily(f"{PREFIX}_alerts", "Active alerts by kind.", labels=["kind"])
         by_kind: dict[str, int] = dict.fromkeys(ALERT_KINDS, 0)
-        for alert in svc.routing.alerts() if svc.routing is not None else ():
+        for alert in svc.routing.alerts():
             by_kind[alert.kind] = by_kind.get(alert.kind, 0) + 1
         for kind, count in by_kind.items():
             alerts.add_metric([kind], count)

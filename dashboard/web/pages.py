@@ -22,11 +22,11 @@ from ..model.dispatch import (
     DispatchOptions,
     parse_form,
 )
+from ..model.guard import Guard
 from ..model.secrets import mask_text
 from ..model.state import EVENT_STATES
 from ..services.client import Resolution, SentTask
 from ..services.container import Services
-from ..services.routing import Guard
 from . import views
 from .audit import record_invalid, request_origin
 from .context import now, services

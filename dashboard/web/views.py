@@ -123,8 +123,8 @@ def task_detail_fragment(svc: Services, task_id: str) -> str:
 
 
 def alerts_of(svc: Services) -> list[Any]:
-    """Active alerts (none when routing is off)."""
-    return svc.routing.alerts() if svc.routing is not None else []
+    """Active alerts."""
+    return svc.routing.alerts()
 
 
 def alert_banner_fragment(svc: Services) -> str:
@@ -137,8 +137,7 @@ def alerts_panel_fragment(svc: Services) -> str:
     routing = svc.routing
     return render_template(
         "partials/alerts_panel.html", alerts=alerts_of(svc), dom_id=dom_id,
-        grace=routing.book.grace if routing is not None else 0.0,
-        online_workers=routing.online_workers() if routing is not None else [],
+        grace=routing.book.grace, online_workers=routing.online_workers(),
     )
 
 
@@ -147,18 +146,16 @@ def routing_fragment(svc: Services) -> str:
     routing = svc.routing
     return render_template(
         "partials/routing_tables.html",
-        report=routing.report if routing is not None else None,
-        inspected_at=routing.inspected_at if routing is not None else None,
-        broker_error=routing.broker_error if routing is not None else None,
-        inspect_error=routing.inspect_error if routing is not None else None,
+        report=routing.report,
+        inspected_at=routing.inspected_at,
+        broker_error=routing.broker_error,
+        inspect_error=routing.inspect_error,
         interval=svc.config.monitor.inspect_interval,
     )
 
 
 def consumer_fix(svc: Services, queue: str, worker: str) -> tuple[bool, str, int]:
     """Run control.add_consumer for (queue, worker) after checking both; (ok, message, HTTP status)."""
-    if svc.routing is None:
-        return False, "routing is not monitored by this dashboard", 409
     if not queue or task_name_problem(queue) or len(queue) > 255:
         return False, "queue: give the name of a queue", 400
     if worker not in svc.routing.online_workers():

@@ -42,7 +42,7 @@ from dashboard.resources import sample_config
 from dashboard.services.client import ClientSettings, SendOnlyClient
 from dashboard.services.inspection import InspectionResult, WorkerReport
 from dashboard.services.processes import free_port
-from dashboard.web import openapi
+from dashboard.web import openapi, openapi_schemas
 from dashboard.web.auth import PUBLIC_ENDPOINTS
 from dashboard.web.context import services
 
@@ -57,7 +57,7 @@ CHECKS = [status_code_conformance, content_type_conformance, response_schema_con
 SETTINGS = settings(max_examples=30, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                            HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
-WORKER = openapi.EXAMPLE_WORKER  # the add-consumer example names it: the examples phase reaches the broker call
+WORKER = openapi_schemas.EXAMPLE_WORKER  # the add-consumer example names it: the examples phase reaches the broker call
 GONE = "celery@gone"
 UNFURL = "worker.tasks.link.unfurl"
 HASH_METHOD = "pbkdf2:sha256:1000"  # fast for tests

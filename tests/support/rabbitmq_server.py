@@ -29,11 +29,11 @@ from dashboard.services.processes import (
     POLL_INTERVAL,
     ManagedProcess,
     ProcessError,
-    _signal_and_wait,
-    _terminate,
     free_port,
     kill_group,
     log_tail,
+    signal_and_wait,
+    terminate,
 )
 
 log = logging.getLogger(__name__)
@@ -321,19 +321,19 @@ class RabbitMQServer(ManagedProcess):
         try:
             if proc is not None:
                 # The foreground script traps SIGTERM and stops the node properly, waiting for it to exit.
-                _terminate(proc, f"rabbitmq-server {self.nodename}", self.stop_timeout, group=False)
+                terminate(proc, f"rabbitmq-server {self.nodename}", self.stop_timeout, group=False)
                 kill_group(proc.pid)  # erl_child_setup, inet_gethost: whatever outlived the node
         finally:
             epmd, self._epmd = self._epmd, None
             if epmd is not None:
-                _terminate(epmd, f"epmd on port {self.epmd_port}", self.stop_timeout, group=False)
+                terminate(epmd, f"epmd on port {self.epmd_port}", self.stop_timeout, group=False)
 
     def kill(self) -> None:
         """SIGKILL the node's whole group at once (a crash) and reap it; epmd keeps running for restart()."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if not _signal_and_wait(proc, signal.SIGKILL, self.stop_timeout, group=True):
+        if not signal_and_wait(proc, signal.SIGKILL, self.stop_timeout, group=True):
             raise ProcessError(f"rabbitmq-server pid {proc.pid} survived SIGKILL for {self.stop_timeout:.1f} s")
         kill_group(proc.pid)
 

@@ -20,7 +20,6 @@ from dashboard.config import default_audit_path
 from dashboard.exceptions import BrokerUnavailable, RoutingError
 from dashboard.exceptions import DispatchRefused as Refused
 from dashboard.model.dispatch import OUTCOMES, DispatchInvalid, DispatchOptions, DispatchRequest, outcome_of
-from dashboard.services import audit as audit_module
 from dashboard.services.audit import (
     MAX_TEXT_CHARS,
     MEMORY,
@@ -35,6 +34,7 @@ from dashboard.services.audit import (
     json_text,
     request_entry,
 )
+from dashboard.services.audit import log as audit_module
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_900_000_000.0  # 2030-03-17: a fixed clock, so ordering and `since`/`until` are exact

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from dashboard.services.events.hub import Batch, Hub
-from dashboard.serving.server import Handoff, Limits, Server, _call_app
+from dashboard.serving.connection import call_app
+from dashboard.serving.server import Handoff, Limits, Server
 from dashboard.serving.websocket import accept_token
 from dashboard.web.live import LiveSession
 
@@ -20,7 +21,7 @@ def test_the_accept_token_of_rfc_6455() -> None:
 
 
 def test_the_app_is_called_and_its_whole_answer_collected() -> None:
-    status, headers, chunks = _call_app(wsgi_ok, {"PATH_INFO": "/x"})
+    status, headers, chunks = call_app(wsgi_ok, {"PATH_INFO": "/x"})
 
     assert (status, headers, b"".join(chunks)) == (200, [("Content-Type", "text/plain")], b"hello /x")
 

@@ -329,6 +329,10 @@ class State:
             now = self._clock()
             return [worker_view(self._workers[name], now) for name in sorted(self._workers)]
 
+    def online_workers(self) -> list[WorkerView]:
+        """The workers online now (Celery's heartbeat rule), sorted by hostname: the one definition of "online"."""
+        return [view for view in self.workers() if view.online]
+
     def counts(self) -> Counts:
         """Return tasks retained (in all and by state), workers online and events seen."""
         with self._lock:

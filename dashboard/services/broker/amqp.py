@@ -30,7 +30,7 @@ from kombu.exceptions import KombuError
 from ...exceptions import BrokerUnavailable, ConfigError
 from ...model.kombu import EVENT_QUEUE_PREFIX, PIDBOX_SUFFIX
 from ...model.routing import BrokerQueue
-from ...model.secrets import mask_text, mask_url
+from ...model.secrets import mask_text, mask_url, reason
 from .urls import AMQP_SCHEMES, broker_scheme, shown_url
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ class AmqpBrokerInspector:
             if drop:
                 self._drop()
             elapsed = time.monotonic() - started
-            message = f"the broker at {self.broker_display} did not answer ({_reason(exc)}) after {elapsed:.1f}s"
+            message = f"the broker at {self.broker_display} did not answer ({reason(exc)}) after {elapsed:.1f}s"
             if report:
                 log.warning("broker inspection failed: %s", message)
             else:  # a reused connection: _with_connection may retry on a fresh one before giving up
@@ -288,7 +288,7 @@ class AmqpBrokerInspector:
             if getattr(exc, "code", None) == NOT_FOUND:
                 return QueueStat(name, exists=False, depth=0, consumers=None)
             # 403 or 405 (another connection's exclusive queue): it exists, its numbers are not ours to see.
-            log.info("queue %r could not be measured: %s", name, _reason(exc))
+            log.info("queue %r could not be measured: %s", name, reason(exc))
             return QueueStat(name, exists=True, depth=None, consumers=None)
         return QueueStat(name, exists=True, depth=int(ok.message_count), consumers=int(ok.consumer_count))
 
@@ -306,9 +306,9 @@ class AmqpBrokerInspector:
         except urllib.error.HTTPError as exc:
             raise BrokerUnavailable(f"{where} answered {exc.code} {exc.reason} for vhost {self.vhost!r}") from None
         except urllib.error.URLError as exc:
-            raise BrokerUnavailable(f"{where} did not answer ({_reason(exc.reason)})") from None
+            raise BrokerUnavailable(f"{where} did not answer ({reason(exc.reason)})") from None
         except (OSError, http.client.HTTPException) as exc:  # a timeout or a reset while reading
-            raise BrokerUnavailable(f"{where} did not answer ({_reason(exc)})") from None
+            raise BrokerUnavailable(f"{where} did not answer ({reason(exc)})") from None
         if len(body) > MAX_MANAGEMENT_BYTES:
             raise BrokerUnavailable(f"{where} listed more than {MAX_MANAGEMENT_BYTES} bytes of queues")
         try:
@@ -324,6 +324,3 @@ class AmqpBrokerInspector:
         }
 
 
-def _reason(exc: BaseException | str) -> str:
-    text = mask_text(str(exc)) or (type(exc).__name__ if isinstance(exc, BaseException) else "")
-    return text if len(text) < 300 else text[:297] + "..."

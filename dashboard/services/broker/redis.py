@@ -18,7 +18,7 @@ from redis.retry import Retry
 from ...exceptions import BrokerUnavailable, ConfigError
 from ...model.kombu import Binding, KombuRedisLayout, user_queues
 from ...model.routing import BrokerQueue
-from ...model.secrets import mask_text
+from ...model.secrets import reason
 from .urls import REDIS_SCHEMES, broker_scheme, shown_url
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,7 @@ class RedisBrokerInspector:
             yield
         except (redis.RedisError, OSError) as exc:
             elapsed = time.monotonic() - started
-            reason = mask_text(str(exc)) or type(exc).__name__
-            message = f"the broker at {self.broker_display} did not answer ({reason}) after {elapsed:.1f}s"
+            message = f"the broker at {self.broker_display} did not answer ({reason(exc)}) after {elapsed:.1f}s"
             log.warning("broker inspection failed: %s", message)
             raise BrokerUnavailable(message) from None
 

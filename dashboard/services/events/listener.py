@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from ...model.secrets import mask_text
+from ...model.secrets import reason
 from ..client import BROKER_ERRORS, ClientSettings
 
 log = logging.getLogger(__name__)
@@ -147,12 +147,12 @@ class EventListener:
                 delay = self._backoff_start
             except BROKER_ERRORS as exc:
                 lost = self.report.status is BrokerStatus.LIVE
-                self._set_status(BrokerStatus.RECONNECTING if lost else BrokerStatus.UNREACHABLE, _reason(exc))
+                self._set_status(BrokerStatus.RECONNECTING if lost else BrokerStatus.UNREACHABLE, reason(exc))
                 # Right after losing a live stream, retry at once; then back off, capped.
                 delay = self._backoff_start if lost else min(delay * 2, self._backoff_max)
             except Exception as exc:  # noqa: BLE001 - the listener thread must outlive any one bad event
                 log.exception("event listener error; restarting the stream")
-                self._set_status(BrokerStatus.RECONNECTING, _reason(exc))
+                self._set_status(BrokerStatus.RECONNECTING, reason(exc))
                 delay = min(delay * 2, self._backoff_max)
             if self._stop.wait(delay):
                 break
@@ -182,7 +182,7 @@ class EventListener:
             except BROKER_ERRORS as exc:
                 # Say so now: leaving the stream means closing a connection to a broker that does not answer,
                 # which can itself take a while.
-                self._set_status(BrokerStatus.RECONNECTING, f"the broker stopped answering ({_reason(exc)})")
+                self._set_status(BrokerStatus.RECONNECTING, f"the broker stopped answering ({reason(exc)})")
                 raise
 
     def _capture(self) -> None:
@@ -206,6 +206,3 @@ class EventListener:
                 raise ConnectionError("the event stream ended")
 
 
-def _reason(exc: BaseException) -> str:
-    text = mask_text(str(exc)) or type(exc).__name__
-    return text if len(text) < 200 else text[:197] + "..."

@@ -67,7 +67,7 @@ class Resync:
         self.sink.apply(event)
 
     def _from_workers(self) -> int:
-        online = [view for view in self.state.workers() if view.online]
+        online = self.state.online_workers()
         if not online:
             return 0
         try:

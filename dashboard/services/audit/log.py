@@ -16,32 +16,23 @@ Recording never breaks a dispatch: a failed write is logged (without the argumen
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, cast
 
-from ..exceptions import DashboardError, DispatchRefused
-from ..model.dispatch import OUTCOMES, DispatchInvalid, DispatchOutcome, DispatchRequest, outcome_of
-from ..model.secrets import mask_text
+from ...exceptions import DashboardError
+from ...model.dispatch import OUTCOMES
+from ...model.secrets import mask_text
+from .entries import AuditEntry, Outcome, Source, capped
 
 log = logging.getLogger(__name__)
 
-Outcome = DispatchOutcome  # the model's one vocabulary (an older log may hold "error" for a routing error)
-Source = Literal["api", "form"]
-SOURCES: Final[tuple[Source, ...]] = get_args(Source)
-
-ANONYMOUS: Final = "anonymous"  # who, until a request carries an authenticated identity
 MEMORY: Final = ":memory:"  # a private in-memory database (tests)
-MAX_TEXT_CHARS: Final = 16 * 1024  # per stored text field; longer values are cut and marked
 MAX_QUERY_LIMIT: Final = 1000
 BUSY_TIMEOUT: Final = 5.0  # seconds a write waits for another process's lock (fsyncs are slow under load)
 PRUNE_BATCH: Final = 5_000  # rows deleted per statement, so that a large prune never holds the lock for long
@@ -84,116 +75,6 @@ _SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM dispatches"
 
 class AuditUnavailable(DashboardError):
     """The audit log cannot be opened or read (the message names the file and why)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Who asked for a dispatch and through what; the web layer fills it from the request."""
-
-    who: str = ANONYMOUS
-    source: Source = "api"
-    remote_addr: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One dispatch attempt. args, kwargs and options are JSON text (a cut value is no longer valid JSON)."""
-
-    at: float  # epoch seconds
-    who: str
-    source: Source
-    remote_addr: str | None
-    name: str
-    args: str
-    kwargs: str
-    options: str
-    queue: str | None  # where Celery's router sent it (or would have), when known
-    forced: bool
-    outcome: Outcome
-    task_id: str | None = None  # only when sent
-    error: str | None = None  # why it was not sent, credentials masked
-    id: int | None = None  # set on entries read back from the log
-
-    @property
-    def time_iso(self) -> str:
-        """`at` as ISO 8601 UTC with milliseconds, like 2030-01-31T12:00:00.000Z."""
-        try:
-            when = datetime.fromtimestamp(self.at, UTC)
-        except (OverflowError, OSError, ValueError):
-            return "?"
-        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "id": self.id,
-            "at": self.at,
-            "time": self.time_iso,
-            "who": self.who,
-            "source": self.source,
-            "remote_addr": self.remote_addr,
-            "name": self.name,
-            "args": self.args,
-            "kwargs": self.kwargs,
-            "options": self.options,
-            "queue": self.queue,
-            "forced": self.forced,
-            "outcome": self.outcome,
-            "task_id": self.task_id,
-            "error": self.error,
-        }
-
-
-def capped(text: str, limit: int = MAX_TEXT_CHARS) -> str:
-    """`text` storable as UTF-8 (lone surrogates escaped) and at most `limit` characters plus a truncation mark."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) > limit:
-        return f"{text[:limit]}… [truncated: {len(text)} characters in all]"
-    return text
-
-
-def json_text(value: Any) -> str:
-    """`value` as JSON text for the log; never raises (a value JSON cannot hold is named by its type)."""
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (ValueError, TypeError, RecursionError):
-        return f"<not JSON: {type(value).__name__}>"
-
-
-def error_text(exc: BaseException) -> str:
-    """What went wrong, for the log: our own errors by their message, others with their type; credentials masked."""
-    message = str(exc)
-    if not isinstance(exc, DashboardError | DispatchInvalid):
-        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return mask_text(message)
-
-
-def request_entry(
-    request: DispatchRequest,
-    origin: Origin,
-    at: float,
-    outcome: Outcome,
-    *,
-    queue: str | None = None,
-    task_id: str | None = None,
-    error: str | None = None,
-) -> AuditEntry:
-    """The entry for a checked request."""
-    return AuditEntry(
-        at=at,
-        who=origin.who,
-        source=origin.source,
-        remote_addr=origin.remote_addr,
-        name=request.name,
-        args=json_text(list(request.args)),
-        kwargs=json_text(request.kwargs),
-        options=json_text(request.options.to_dict()),
-        queue=queue,
-        forced=request.force,
-        outcome=outcome,
-        task_id=task_id,
-        error=error,
-    )
 
 
 def _optional(text: str | None) -> str | None:
@@ -451,60 +332,3 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
 
 def _user_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-class DispatchAttempt:
-    """One dispatch, recorded when its `with` block ends: sent (after `sent()`), or what its exception means.
-
-    It never suppresses the dispatch's exception and never raises one of its own. With no audit log it does
-    nothing.
-    """
-
-    def __init__(
-        self,
-        audit: AuditLog | None,
-        request: DispatchRequest,
-        origin: Origin,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.audit = audit
-        self.request = request
-        self.origin = origin
-        self.at = clock()
-        self.queue: str | None = None  # set as soon as the route is resolved, so a failure records it too
-        self.task_id: str | None = None
-        self.entry: AuditEntry | None = None
-        self.entry_id: int | None = None
-
-    def sent(self, task_id: str, queue: str) -> None:
-        """The broker took the task."""
-        self.task_id, self.queue = task_id, queue
-
-    def __enter__(self) -> DispatchAttempt:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self.audit is None:
-            return
-        try:
-            self.entry = self._describe(exc)
-        except Exception:  # describing must not replace the dispatch's own outcome; the traceback goes to the log
-            count = self.audit.count_failure()
-            log.exception("audit: could not describe the dispatch of %r (%d failed so far)",
-                          self.request.name[:200], count)
-            return
-        self.entry_id = self.audit.record(self.entry)
-
-    def _describe(self, exc: BaseException | None) -> AuditEntry:
-        if exc is None:
-            if self.task_id is None:
-                return request_entry(self.request, self.origin, self.at, "error", queue=self.queue,
-                                     error="the dispatch ended without a task id")
-            return request_entry(self.request, self.origin, self.at, "sent", queue=self.queue,
-                                 task_id=self.task_id)
-        queue = exc.queue if isinstance(exc, DispatchRefused) else self.queue
-        return request_entry(self.request, self.origin, self.at, outcome_of(exc), queue=queue,
-                             error=error_text(exc))
