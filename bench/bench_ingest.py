@@ -416,10 +416,11 @@ class Dashboard:
     """`dispatch-dashboard serve` as a child process in its own session, logging to a file."""
 
     def __init__(self, broker_url: str, max_tasks: int, workdir: Path, server: str,
-                 switch_interval: float | None = None, gc_log: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+                 switch_interval: float | None = None, gc_log: bool = False, extra_args: tuple[str, ...] = (),
+                 extra_config: str = "") -> None:
         self.port = free_port()
         self.config = workdir / "bench.toml"
-        self.config.write_text(f'broker_url = "{broker_url}"\n\n[monitor]\nmax_tasks = {max_tasks}\n')
+        self.config.write_text(f'broker_url = "{broker_url}"\n\n[monitor]\nmax_tasks = {max_tasks}\n{extra_config}')
         self.log_path = workdir / "dashboard.log"
         script = Path(sys.executable).with_name("dispatch-dashboard")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "dashboard.cli"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import tomllib
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer, free_port
+from tests.support.hung_broker import HungBroker
 from tests.support.live_server import EXAMPLE_CONFIG, REPO_ROOT, SCRUBBED_ENV, dashboard_command, toml_text
 from tests.support.processes import started
 
@@ -187,10 +187,8 @@ def test_broker_where_nothing_listens_exits_2(tmp_path: Path) -> None:
 @pytest.fixture
 def silent_broker() -> Iterator[str]:
     """A redis:// URL whose port accepts TCP connections and never answers (a hung broker)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)  # the kernel completes handshakes into the backlog; nothing ever reads
-        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    with HungBroker() as hung:
+        yield hung.url(0)
 
 
 def test_hung_broker_exits_2_within_the_timeout(silent_broker: str, tmp_path: Path) -> None:
