@@ -112,9 +112,12 @@ class Clients:
             writer.close()
 
     def close(self) -> None:
+        """Cancel every client and stop the loop (after the cancellations ran)."""
         for task in self.tasks:
             task.cancel()
+        time.sleep(0.5)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
 
 
 def _note(probe: Probe, text: str) -> None:
@@ -204,7 +207,7 @@ def main() -> None:
                              for task_id, arrived in probe.arrivals.items() if task_id in sent]
                 seen = statistics.mean(len([t for t in probe.arrivals if t in sent]) / len(sent)
                                        for probe in clients.probes) if clients.probes and sent else 0.0
-                print(f"  {clients.connected:5d} clients ({clients.refused} refused; opened in {opened:.1f} s): "
+                print(f"  {clients.connected} clients ({clients.refused} refused; opened in {opened:.1f} s): "
                       f"RSS {rss / 2**20:.1f} MiB, {per_client / 1024:.1f} KiB/client; push p50 "
                       f"{pct(latencies, 0.5) * 1000:.0f} ms p99 {pct(latencies, 0.99) * 1000:.0f} ms max "
                       f"{max(latencies, default=float('nan')) * 1000:.0f} ms; probes saw {seen:.0%} of "

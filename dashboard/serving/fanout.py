@@ -2,7 +2,8 @@
 
 One thread for all clients of a process, instead of one per client: each tick it visits the clients whose frame
 is due and who have changes, asks their session for the messages (the session renders the *current* state of
-what changed, from the shared render cache), and queues them for the loop to write without blocking. A client
+what changed, from the shared render cache), frames them (a message many clients get is framed once) and hands
+the loop one buffer per client to write without blocking: the loop itself only writes. A client
 whose socket is backed up is skipped: its changes coalesce in its subscriber until it catches up (or, past the
 subscriber's bound, it gets a fresh snapshot).
 """
@@ -16,11 +17,15 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from .websocket import WebSocketConnection
+from .websocket import FrameCache, WebSocketConnection
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.02
+# At most this share of the time goes to rendering frames: past it the thread rests in proportion (clients' changes
+# coalesce meanwhile), so that under a flood of events and viewers the loop and the request threads still get the
+# interpreter and HTTP keeps answering. Frames then come later and carry more; nothing is lost.
+MAX_BUSY_SHARE = 0.5
 
 
 class SessionLike(Protocol):
@@ -62,6 +67,7 @@ class Fanout:
         self._thread: threading.Thread | None = None
         self.frames = 0
         self.frame_seconds_total = 0.0
+        self._framed = FrameCache()  # this thread's own: the same task message framed once for every client
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the thread (once)."""
@@ -93,12 +99,16 @@ class Fanout:
         return len(self._clients)
 
     def _run(self) -> None:
+        rest = TICK_SECONDS
         while not self._stop.is_set():
-            self._wake.wait(TICK_SECONDS)
+            self._wake.wait(rest)
             self._wake.clear()
             with self._lock:
                 clients = list(self._clients)
+            started = time.monotonic()
             gone = [client for client in clients if not self._visit(client)]
+            busy = time.monotonic() - started
+            rest = max(TICK_SECONDS, busy * (1 - MAX_BUSY_SHARE) / MAX_BUSY_SHARE)
             if gone:
                 with self._lock:
                     self._clients = [client for client in self._clients if client not in gone]
@@ -127,5 +137,5 @@ class Fanout:
         client.first = False
         client.due = now + session.frame_seconds
         if any(messages):
-            connection.send_threadsafe(messages)
+            connection.send_threadsafe(self._framed.frames(messages))
         return True

@@ -20,6 +20,40 @@ MAX_BACKLOG_BYTES = 8 * 1024 * 1024  # queued for a client that does not read: p
 SOFT_BACKLOG_BYTES = 256 * 1024  # past this the fan-out skips the client's frames (its changes coalesce)
 
 
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame (a server's frames are never masked: RFC 6455 5.1)."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 1 << 16:
+        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+    return header + payload
+
+
+class FrameCache:
+    """Framed forms of recent messages: many clients get the same task message, framed once. One thread only."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self._items: dict[str, bytes] = {}
+        self._size = size
+
+    def frames(self, messages: list[str]) -> bytes:
+        """The messages framed, back to back: one write for a client's whole frame."""
+        out = []
+        for message in messages:
+            if not message:
+                continue
+            framed = self._items.get(message)
+            if framed is None:
+                if len(self._items) >= self._size:
+                    self._items.clear()
+                framed = self._items[message] = text_frame(message.encode("utf-8"))
+            out.append(framed)
+        return b"".join(out)
+
+
 def accept_token(key: bytes) -> bytes:
     """The Sec-WebSocket-Accept value for a client's Sec-WebSocket-Key (RFC 6455)."""
     return base64.b64encode(hashlib.sha1(key.strip() + GUID).digest())  # noqa: S324 - the protocol's own hash
@@ -49,17 +83,15 @@ class WebSocketConnection:
         """True while the client is behind: the fan-out holds its frames back (its changes coalesce meanwhile)."""
         return self.backlog > SOFT_BACKLOG_BYTES
 
-    def send_threadsafe(self, messages: list[str]) -> None:
-        """Queue text messages from another thread."""
-        if not self.closed:
-            self.loop.call_soon_threadsafe(self._send, messages)
+    def send_threadsafe(self, frames: bytes) -> None:
+        """Queue already framed text messages (FrameCache.frames) from another thread: the loop only writes."""
+        if not self.closed and frames:
+            self.loop.call_soon_threadsafe(self._send, frames)
 
-    def _send(self, messages: list[str]) -> None:
+    def _send(self, frames: bytes) -> None:
         if self.closed or self.ws.state is not ConnectionState.OPEN:
             return
-        for message in messages:
-            if message:
-                self.writer.write(self.ws.send(TextMessage(data=message)))
+        self.writer.write(frames)
         if self.backlog > MAX_BACKLOG_BYTES:
             log.info("dropping a websocket client that stopped reading (%d bytes queued)", self.backlog)
             self.close(1008, "too slow: the client stopped reading")

@@ -80,3 +80,23 @@ def test_a_session_sends_its_snapshot_then_only_what_changed() -> None:
     session.close()
     assert hub.size == 0
     assert session.frame(first=False) is None
+
+
+def test_frames_are_what_wsproto_would_send_and_shared_messages_are_framed_once() -> None:
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    from dashboard.serving.websocket import FrameCache, text_frame
+
+    reference = Connection(ConnectionType.SERVER)
+    for size in (0, 1, 125, 126, 65_535, 65_536, 200_000):
+        message = "é" * (size // 2) + "x" * (size % 2)
+        assert text_frame(message.encode()) == reference.send(TextMessage(data=message)), size
+
+    cache = FrameCache(size=2)
+    shared = '{"type":"task","id":"t1"}'
+    first = cache.frames([shared, "", "b"])
+    assert first == text_frame(shared.encode()) + text_frame(b"b")
+    assert cache.frames([shared]) == text_frame(shared.encode())
+    cache.frames(["c", "d", "e"])  # past its size the cache starts afresh: bounded memory
+    assert cache.frames(["c"]) == text_frame(b"c")
