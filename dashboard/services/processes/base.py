@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -108,6 +109,35 @@ class ManagedProcess:
 
     def stop(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _wait_ready(self, started: float) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _stop_process(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _spawn(self, argv: list[str], log_path: Path, *, cwd: Path | None = None,
+               env: Mapping[str, str] | None = None, header: bool = False) -> subprocess.Popen[bytes]:
+        """Start the main child in a session of its own (a Ctrl-C meant for the parent does not reach it, and
+        kill_group reaches its children), stdout and stderr to `log_path`; ProcessError when it cannot run."""
+        with log_path.open("ab") as log_file:
+            if header:
+                log_file.write(f"--- {' '.join(argv)}\n".encode())
+                log_file.flush()
+            try:
+                self._proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+                                              stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                raise ProcessError(f"cannot run {argv[0]}: {exc}") from exc
+        return self._proc
+
+    def _ready_or_stopped(self, started: float) -> None:
+        """Wait until the child is ready; stop and reap it when it never gets there (or the wait is interrupted)."""
+        try:
+            self._wait_ready(started)
+        except BaseException:
+            self._stop_process()
+            raise
 
     def __enter__(self) -> Self:
         return self.start()

@@ -115,22 +115,8 @@ class RedisServer(ManagedProcess):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         # Argument errors go to stdout/stderr before redis opens --logfile: send both to the same file.
-        with log_path.open("ab") as log_file:
-            try:
-                proc = self._proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a Ctrl-C meant for the parent does not kill it mid-test
-                )
-            except OSError as exc:
-                raise ProcessError(f"cannot run {argv[0]}: {exc}") from exc
-        try:
-            self._wait_ready(started)
-        except BaseException:
-            self._stop_process()
-            raise
+        proc = self._spawn(argv, log_path)
+        self._ready_or_stopped(started)
         log.info(
             "redis-server pid %d ready on %s in %.2f s", proc.pid, self.url(), time.monotonic() - started
         )

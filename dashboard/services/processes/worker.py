@@ -146,26 +146,8 @@ class CeleryWorker(ManagedProcess):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command()
         started = time.monotonic()
-        with log_path.open("ab") as log_file:
-            log_file.write(f"--- {' '.join(argv)}\n".encode())
-            log_file.flush()
-            try:
-                proc = self._proc = subprocess.Popen(
-                    argv,
-                    cwd=self.cwd,
-                    env=self.environment(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # its own group, so kill() also reaches prefork children
-                )
-            except OSError as exc:
-                raise ProcessError(f"cannot run {argv[0]}: {exc}") from exc
-        try:
-            self._wait_ready(started)
-        except BaseException:
-            self._stop_process()
-            raise
+        proc = self._spawn(argv, log_path, cwd=self.cwd, env=self.environment(), header=True)
+        self._ready_or_stopped(started)
         log.info(
             "celery worker %s pid %d ready in %.2f s", self.hostname, proc.pid, time.monotonic() - started
         )
