@@ -114,7 +114,7 @@ def build_services(
     monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control, clock=clock)
     return Services(
         config=config, client=client, state=state, hub=hub, stream=stream, monitor=monitor, routing=routing,
-        resync=resync, stats=stats, audit=audit, dispatcher=Dispatcher(client, routing, audit, stats),
+        resync=resync, stats=stats, audit=audit, dispatcher=Dispatcher(client, routing, audit, stats, sink),
         revocations=SessionRevocations(settings.broker_url if config.auth.enabled else None),
         rendered=RenderCache(), live=live,
     )

@@ -36,6 +36,9 @@ def dashboard(ctx: click.Context, config_file: str | None, host: str, port: int,
     from .services.client import ClientSettings, SendOnlyClient
 
     app: Any = ctx.obj.app
+    if app.main in (None, "default", "__main__"):
+        click.echo("celery dashboard: WARNING: no app given (-A your.module): serving Celery's default app, which "
+                   "has no task_routes and the default broker; pass -A with your send-only client app", err=True)
     try:
         path = config_file or os.environ.get(ENV_CONFIG)
         config = load_config(path) if path else config_from_mapping({}, os.environ, source=None)

@@ -190,7 +190,9 @@ def demo(host: str, port: int, redis_port: int, config_file: str | None, server_
             fail(str(exc))
         broker_url, backend_url = redis.url(0), redis.url(1)
         click.echo(f"demo: redis-server {redis.version or ''} on port {redis.port} (pid {redis.pid})")
-        env = {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": backend_url}
+        # Everything a demo keeps lives in its own temporary directory: another run's audit entries never show.
+        env = {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": backend_url,
+               "DASHBOARD_AUDIT_PATH": str(workdir / "audit.sqlite3")}
         try:
             worker = stack.enter_context(
                 CeleryWorker(broker_url=broker_url, backend_url=backend_url, queues=("stt", "llm", "default"),

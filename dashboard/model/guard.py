@@ -7,9 +7,12 @@ a name it does not hold is registered by nobody.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from .routing import RoutingReport
+
+CLOSE_ENOUGH = 0.9  # difflib's ratio for "did you mean": a typo or two in a dotted task name, not another name
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class Guard:
     no_consumer: bool
     unregistered: bool
     known: bool  # False before the first comparison, or while the event stream is down: nothing can be said
+    suggestion: str | None = None  # a registered name close to an unregistered one: the typo case
 
     @property
     def warnings(self) -> list[str]:
@@ -28,7 +32,8 @@ class Guard:
         if self.no_consumer:
             out.append(f"no online worker consumes queue {self.queue!r}: the task would wait there until one does")
         if self.unregistered:
-            out.append("no online worker registers this task name: a worker that receives it discards it")
+            hint = f" (did you mean {self.suggestion!r}?)" if self.suggestion else ""
+            out.append(f"no online worker registers this task name: a worker that receives it discards it{hint}")
         return out
 
     @property
@@ -48,5 +53,13 @@ def dispatch_guard(report: RoutingReport | None, name: str, queue: str, *, strea
         return Guard(queue, False, False, known=False)
     row = report.queue(queue)
     task = report.task(name)
-    return Guard(queue, no_consumer=row is None or not row.consumers,
-                 unregistered=task is None or not task.registered_on, known=True)
+    unregistered = task is None or not task.registered_on
+    return Guard(queue, no_consumer=row is None or not row.consumers, unregistered=unregistered, known=True,
+                 suggestion=closest_registered(report, name) if unregistered else None)
+
+
+def closest_registered(report: RoutingReport, name: str) -> str | None:
+    """The name an online worker registers that `name` most likely misspells, if one is close enough."""
+    registered = [task.task for task in report.tasks if task.registered_on and task.task != name]
+    found = difflib.get_close_matches(name, registered, n=1, cutoff=CLOSE_ENOUGH)
+    return found[0] if found else None

@@ -173,3 +173,16 @@ def add_consumer(queue: str) -> tuple[Response, int]:
 def healthz() -> Response:
     """Liveness: 200 while the app serves requests (the broker's state is reported elsewhere)."""
     return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Readiness, for load balancers and orchestrators: 200 once this process's event stream is live and the
+    workers were inspected once, 503 until then (and while the stream is down)."""
+    svc = services()
+    svc.ensure_started()
+    live, inspected = svc.stream.live, svc.routing.inspected_at is not None
+    ready = live and inspected
+    body = {"status": "ready" if ready else "not ready", "broker": svc.stream.status.status.value,
+            "inspected": inspected}
+    return jsonify(body), 200 if ready else 503

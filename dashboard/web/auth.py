@@ -54,7 +54,7 @@ from .context import services
 
 bp = Blueprint("auth", __name__)
 
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "api.healthz", "openapi.openapi_json"})
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "api.healthz", "api.readyz", "openapi.openapi_json"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -191,7 +191,7 @@ def _basic(settings: AuthSettings, encoded: str) -> Identity | None:
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/") or request.path in ("/metrics", "/healthz")
+    return request.path.startswith("/api/") or request.path in ("/metrics", "/healthz", "/readyz")
 
 
 def _deny(status: int, message: str) -> BaseResponse | tuple[Response | str, int]:

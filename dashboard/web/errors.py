@@ -21,7 +21,7 @@ _MESSAGES = {
 
 def wants_json() -> bool:
     """True for API and health paths, which always answer JSON."""
-    return request.path.startswith("/api/") or request.path in ("/healthz",)
+    return request.path.startswith("/api/") or request.path in ("/healthz", "/readyz")
 
 
 def error_response(status: int, message: str) -> tuple[Response | str, int]:

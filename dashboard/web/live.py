@@ -149,7 +149,7 @@ def _task_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
     task_id = args.get("id", "")[:255]
 
     def update(batch: Batch) -> list[str]:
-        detail = views.task_detail_fragment(svc, task_id) if task_id in batch.get("task") else ""
+        detail = views.task_detail_fragment(svc, task_id, live=True) if task_id in batch.get("task") else ""
         return [_chrome(svc, batch) + detail]
 
     return LiveSession(lambda: [_status_html(svc) + views.task_detail_fragment(svc, task_id)], update,
@@ -212,6 +212,9 @@ def tasks_update(svc: Services, filters: views.TaskFilters, shown: set[str], bat
         if filters.active or (unseen and filters.offset == 0):
             parts.append(_table(svc, filters, shown))
         else:
+            # The rows change in place; the counts beside them change with them (a task that finished moves
+            # from one state's count to another's).
+            parts.append(views.task_counts_fragment(svc))
             rows += cached_tasks(svc, (key for key in changed if key in shown), views.row_kind(oob=True),
                                  views.task_row_fragment)
     return ["".join(parts), "".join(rows)]

@@ -127,6 +127,14 @@ def _paths() -> Schema:
         ),
         "/healthz": get("healthz", "health", "Liveness: 200 while the app serves requests",
                         json_body(object_of({"status": {"const": "ok"}}), "Serving")),
+        "/readyz": {"get": {
+            "operationId": "readyz", "tags": ["health"],
+            "summary": "Readiness: 200 once the event stream is live and the workers were inspected once",
+            "responses": {
+                "200": json_body(ref_to("Readiness"), "Ready for traffic"),
+                "503": json_body(ref_to("Readiness"), "Not ready yet, or the event stream is down"),
+            },
+        }},
         "/metrics": get("metrics", "health", "Prometheus metrics",
                         {"description": "Prometheus text exposition",
                          "content": {"text/plain": {"schema": STRING}}}),

@@ -200,6 +200,8 @@ def schemas() -> Schema:
             "sw": object_of({"ident": OPT_STRING, "ver": OPT_STRING, "sys": OPT_STRING}),
         }),
         "Workers": object_of({"workers": array_of(ref_to("Worker"))}),
+        "Readiness": object_of({"status": {"enum": ["ready", "not ready"]}, "broker": STRING,
+                                "inspected": BOOLEAN}, description="GET /readyz: ready for traffic or not, and why"),
         "Gap": object_of({"started": NUMBER, "ended": OPT_NUMBER, "reason": STRING, "detected": OPT_NUMBER,
                         "resynced": OPT_NUMBER},
                        description="A time when events may have been lost: from the last moment the stream was "

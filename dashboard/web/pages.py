@@ -254,21 +254,35 @@ def workers() -> str:
 
 @bp.get("/tasks/<task_id>")
 def task(task_id: str) -> tuple[str, int]:
-    """One task, live from events, plus what the result backend knew when the page loaded."""
+    """One task, live from events, plus what the result backend knows (read again when the task finishes)."""
     if not _TASK_ID_RE.fullmatch(task_id):
         raise NotFound()
     svc = services()
+    return render_template(
+        "pages/task.html", task_id=task_id, backend_html=Markup(_backend_fragment(svc, task_id)),
+        detail_html=Markup(views.task_detail_fragment(svc, task_id)),
+        live_url=url_for("live.ui", view="task", id=task_id),
+    ), 200
+
+
+@bp.get("/tasks/<task_id>/backend")
+def task_backend(task_id: str) -> str:
+    """The result backend's panel alone (#task-backend): the live detail asks for it when the task finishes."""
+    if not _TASK_ID_RE.fullmatch(task_id):
+        raise NotFound()
+    return _backend_fragment(services(), task_id)
+
+
+def _backend_fragment(svc: Services, task_id: str) -> str:
     backend: dict[str, Any] | None = None
     backend_error = None
     try:
         backend = svc.client.result_state(task_id)
     except BrokerUnavailable as exc:
         backend_error = mask_text(str(exc))
-    return render_template(
-        "pages/task.html", task_id=task_id, backend=backend, backend_error=backend_error,
-        detail_html=Markup(views.task_detail_fragment(svc, task_id)),
-        live_url=url_for("live.ui", view="task", id=task_id),
-    ), 200
+    live = svc.state.task(task_id)
+    return render_template("partials/task_backend.html", task_id=task_id, backend=backend, now=svc.monitor.clock(),
+                           backend_error=backend_error, live_traceback=bool(live is not None and live.traceback))
 
 
 @bp.get("/routing")
@@ -288,7 +302,9 @@ def add_consumer() -> tuple[str, int]:
     svc = services()
     queue = request.form.get("queue", "").strip()
     worker = request.form.get("worker", "").strip()
+    at = svc.monitor.clock()
     if request.form.get("confirm") not in ("1", "on", "true"):
-        return render_template("partials/fix_result.html", ok=False, message="Tick \"I confirm\" first."), 422
+        return render_template("partials/fix_result.html", ok=False, message="Tick \"I confirm\" first.", queue=queue,
+                               at=at), 422
     ok, message, status = views.consumer_fix(svc, queue, worker)
-    return render_template("partials/fix_result.html", ok=ok, message=message), status
+    return render_template("partials/fix_result.html", ok=ok, message=message, queue=queue, at=at), status

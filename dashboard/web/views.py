@@ -102,6 +102,13 @@ def task_table_fragment(svc: Services, filters: TaskFilters) -> tuple[str, list[
     return html, tasks
 
 
+def task_counts_fragment(svc: Services) -> str:
+    """The unfiltered tasks page's counts (#task-counts), as an out-of-band swap: sent with changed rows."""
+    counts = svc.state.counts()
+    return render_template("partials/task_counts.html", total=counts.tasks, counts=counts, filters=TaskFilters(),
+                           oob=True)
+
+
 def task_row_fragment(task: TaskView) -> str:
     """One row of the tasks table, swapped by its id."""
     return render_template("partials/task_row.html", task=task, dom_id=dom_id, oob=True)
@@ -117,9 +124,15 @@ def row_kind(*, oob: bool) -> str:
     return f"row{'-oob' if oob else ''}:{request.script_root}"
 
 
-def task_detail_fragment(svc: Services, task_id: str) -> str:
-    """The task page's live part (#task-detail)."""
-    return render_template("partials/task_detail.html", task=svc.monitor.state.task(task_id), task_id=task_id)
+FINISHED_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
+
+
+def task_detail_fragment(svc: Services, task_id: str, *, live: bool = False) -> str:
+    """The task page's live part (#task-detail). Pushed `live` when the task has finished, it carries a loader
+    that reads the result backend's panel again, so the panel never contradicts the state above it."""
+    task = svc.monitor.state.task(task_id)
+    reload_backend = live and task is not None and task.state in FINISHED_STATES
+    return render_template("partials/task_detail.html", task=task, task_id=task_id, reload_backend=reload_backend)
 
 
 def alerts_of(svc: Services) -> list[Any]:

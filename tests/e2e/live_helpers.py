@@ -18,19 +18,11 @@ API_TIMEOUT = 5.0
 MARKER = "window.__e2eNoReload"  # set after a load; a reload would wipe it
 
 # Mirror into attributes of <html> what expect() cannot see otherwise (the CSP forbids the eval that
-# page.wait_for_function needs; init scripts run before the page's scripts regardless): the page's own
-# websocket, and the last outcome htmx swapped into a fix form's .fix-result while that form was on the page
-# (a live push of #alerts-panel can replace the form a moment later, taking the outcome with it).
+# page.wait_for_function needs; init scripts run before the page's scripts regardless): the page's own websocket.
 WS_STATE_INIT_JS = """(() => {
   const mark = (name, value) => { document.documentElement.dataset[name] = value; };  // no <html> yet at init
   document.addEventListener("htmx:wsOpen", () => mark("e2eWs", "open"));
   document.addEventListener("htmx:wsClose", () => mark("e2eWs", "closed"));
-  document.addEventListener("htmx:afterSwap", (event) => {
-    const target = event.detail && event.detail.target;
-    if (target && target.classList && target.classList.contains("fix-result")) {
-      mark("e2eFixResult", target.textContent.trim());
-    }
-  });
 })();"""
 
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

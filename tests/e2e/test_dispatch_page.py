@@ -154,15 +154,24 @@ def test_catalog_has_one_form_per_task_with_its_fields_and_route(
     browser_errors.assert_clean()
 
 
-def test_send_by_name_form_warns_that_names_are_unchecked(
+def test_send_by_name_says_how_names_are_checked_and_suggests_the_name_a_typo_meant(
     page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors
 ) -> None:
+    # Once the form said names "are not checked against anything", then refused one nobody registers, with no hint.
     open_dispatch_page(page, dashboard_server)
-    warning = raw_form(page).locator(".warning")
+    form = raw_form(page)
+    warning = form.locator(".warning")
     expect(warning).to_be_visible(timeout=EXPECT_MS)
-    expect(warning).to_contain_text("not checked against anything", timeout=EXPECT_MS)
-    expect(raw_form(page).locator(".route-preview")).to_contain_text("Enter a task name", timeout=EXPECT_MS)
-    browser_errors.assert_clean()
+    expect(warning).to_contain_text("checked against what the online workers register", timeout=EXPECT_MS)
+    expect(form.locator(".route-preview")).to_contain_text("Enter a task name", timeout=EXPECT_MS)
+
+    type_into(page, form, "name", UNFURL.replace("unfurl", "unfrl"))  # one letter missing
+    type_into(page, form, "kwargs", '{"url": "https://example.com/typo"}')
+    response = submit(page, form)
+
+    assert response.status == 409
+    expect(form).to_contain_text(f"did you mean '{UNFURL}'?", timeout=EXPECT_MS)
+    browser_errors.assert_clean(allow_status=[409])
 
 
 def test_summarize_note_previews_route_sends_in_place_and_links_to_task(

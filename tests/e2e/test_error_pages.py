@@ -22,3 +22,18 @@ def test_unknown_address_shows_the_not_found_page(
     expect(page.locator("main .error")).to_have_text("Not found.", timeout=EXPECT_MS)
     expect(page.get_by_role("link", name="Back to dispatch")).to_be_visible(timeout=EXPECT_MS)
     browser_errors.assert_clean(allow_status=[404])
+
+
+def test_no_page_asks_for_a_missing_favicon(page: Page, dashboard_server: LiveServer) -> None:
+    # Once every page logged "/favicon.ico 404" in the console.
+    missing: list[str] = []
+    page.on("response", lambda response: missing.append(response.url) if response.status == 404 else None)
+    for path in ("/", "/tasks", "/routing", "/workers"):
+        page.goto(f"{dashboard_server.url}{path}")
+        expect(page.locator("link[rel=icon]")).to_have_count(1)
+        page.wait_for_load_state("load")
+    href = page.locator("link[rel=icon]").get_attribute("href")
+    assert href is not None
+    icon = page.request.get(f"{dashboard_server.url}{href}")
+    assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert missing == [], missing

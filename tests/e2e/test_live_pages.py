@@ -20,8 +20,10 @@ from playwright.sync_api import Locator, Page, expect
 from dashboard.services.processes import CeleryWorker, RedisServer
 from tests.e2e.browser_errors import BrowserErrors
 from tests.e2e.live_helpers import api_dispatch, assert_not_reloaded, open_live
+from tests.support.http import get_json
 from tests.support.live_server import LiveServer, StartDashboard, dashboard_config
 from tests.support.processes import started
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.usefixtures("stub_worker")  # dispatched tasks really run
 
@@ -63,6 +65,24 @@ def test_dispatched_task_appears_and_succeeds_without_reload(
     browser_errors.assert_clean()
 
 
+def test_the_per_state_counts_follow_the_rows_live(
+    page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors
+) -> None:
+    # Once a finished task's row said SUCCESS while the counts above still said "PENDING 1" until a reload.
+    marker = open_live(page, f"{dashboard_server.url}/tasks")
+    sent = api_dispatch(dashboard_server, {"name": UNFURL, "kwargs": {"url": f"https://example.com/c{uuid.uuid4()}"}})
+    expect(task_row(page, sent["task_id"])).to_have_attribute("data-state", "SUCCESS", timeout=RUN_MS)
+
+    def shown_equals_served() -> bool:
+        by_state = get_json(dashboard_server, "/api/status")["counts"]["by_state"]
+        served = " · ".join(f"{state} {n}" for state, n in by_state.items() if n)
+        return " ".join(page.locator("#task-counts .by-state").inner_text().split()) == served
+
+    wait_until(shown_equals_served, EXPECT_MS / 1000, "the page's counts equal to the server's")
+    assert_not_reloaded(page, marker)
+    browser_errors.assert_clean()
+
+
 def test_failing_task_shows_failure_and_traceback_live(
     page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors
 ) -> None:
@@ -81,6 +101,13 @@ def test_failing_task_shows_failure_and_traceback_live(
     expect(traceback).to_contain_text("RuntimeError", timeout=EXPECT_MS)
     expect(traceback).to_contain_text(message, timeout=EXPECT_MS)
     expect(detail.locator(".task-name")).to_contain_text(FAIL, timeout=EXPECT_MS)
+    # The result backend's panel follows (once it said what it knew at load), without a second traceback or the
+    # PENDING note; the timeline says why the task failed.
+    backend = page.locator("#task-backend")
+    expect(backend.locator(".state")).to_have_attribute("data-state", "FAILURE", timeout=EXPECT_MS)
+    expect(page.locator(".traceback")).to_have_count(1)
+    expect(backend).not_to_contain_text("PENDING here also means")
+    expect(detail.locator("tr.event-task-failed td").last).to_contain_text(message, timeout=EXPECT_MS)
     assert_not_reloaded(page, marker)
     browser_errors.assert_clean()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,3 +69,17 @@ def test_celery_dashboard_serves_with_the_apps_routes(broker_url: str, stub_work
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
+
+
+def test_celery_dashboard_without_an_app_warns(tmp_path: Path) -> None:
+    # Once it started against Celery's default app without a word. A taken port makes it stop right after.
+    celery = Path(sys.executable).with_name("celery")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DASHBOARD_"))}
+    env["DASHBOARD_AUDIT_PATH"] = ""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        result = subprocess.run([str(celery), "dashboard", "--port", str(taken.getsockname()[1])], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert "WARNING: no app given (-A your.module)" in result.stderr, result.stderr
+    assert result.returncode != 0

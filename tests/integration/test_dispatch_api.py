@@ -563,3 +563,22 @@ def test_dispatch_answers_503_when_the_broker_accepts_tcp_and_never_answers(with
     assert status == 503, f"expected 503 from a silent broker, got {status} {payload} after {elapsed:.1f} s"
     assert isinstance(payload.get("error"), str) and "broker" in payload["error"], payload
     assert elapsed < HUNG_BOUND, f"503 took {elapsed:.1f} s (bound {HUNG_BOUND} s)"
+
+
+def test_the_dashboard_knows_its_own_dispatch_before_any_event(client: FlaskClient, unconsumed_queue: str) -> None:
+    # The monitor is off here, as in the second after start before the event stream is live: no task-sent event
+    # will ever arrive. Once the task page showed name, queue, args and kwargs as null for such a dispatch.
+    body = {"name": SUMMARIZE_NOTE, "args": [], "kwargs": {"note_id": "n-42", "max_words": 7},
+            "options": {"queue": unconsumed_queue}, "force": True}
+    sent = client.post("/api/dispatch", json=body)
+    assert sent.status_code == 202, sent.data
+    task_id = sent.get_json()["task_id"]
+
+    found = client.get(f"/api/tasks/{task_id}")
+
+    assert found.status_code == 200, found.data
+    task = found.get_json()
+    assert (task["name"], task["queue"], task["state"]) == (SUMMARIZE_NOTE, unconsumed_queue, "PENDING")
+    assert "n-42" in task["kwargs"] and task["args"] == "[]"
+    status = client.get("/api/status").get_json()
+    assert status["counts"]["events"] == 0, "a record made up by the dashboard is not an event taken in"

@@ -46,7 +46,7 @@ from dashboard.web import openapi, openapi_schemas
 from dashboard.web.auth import PUBLIC_ENDPOINTS
 from dashboard.web.context import services
 
-DOCUMENTED_OUTSIDE_API = frozenset({"/healthz", "/metrics", "/openapi.json"})
+DOCUMENTED_OUTSIDE_API = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 AUTOMATIC_METHODS = frozenset({"HEAD", "OPTIONS"})  # Werkzeug adds these to every GET rule
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 # Not schemathesis's not_a_server_error: the documented 503 (broker down) and 504 (worker silent) are the

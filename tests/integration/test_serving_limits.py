@@ -19,6 +19,7 @@ import simple_websocket
 
 from tests.support.http import WebSocketClient, call
 from tests.support.live_server import LiveServer, LiveServerError, dashboard_config, start_live_server
+from tests.support.waits import wait_until
 
 REQUEST_TIMEOUT = 2.0  # [server] request_timeout for these servers
 MAX_WEBSOCKETS = 40
@@ -199,3 +200,14 @@ def test_no_server_header_and_forwarded_proto_is_not_believed(server: LiveServer
     cookies = [line for line in head.split(b"\r\n") if line.startswith(b"set-cookie")]
     assert cookies, "the page sets its session cookie (the CSRF token)"
     assert not any(b"secure" in cookie for cookie in cookies), cookies
+
+
+def test_readyz_says_ready_once_the_stream_is_live_and_workers_were_inspected(server: LiveServer) -> None:
+    def ready() -> Any:
+        reply = call(server, "GET", "/readyz")
+        assert reply.status in (200, 503), reply
+        return reply.data if reply.status == 200 else None
+
+    body = wait_until(ready, 20.0, "/readyz 200", server)
+    assert body == {"status": "ready", "broker": "live", "inspected": True}
+    assert call(server, "GET", "/healthz").status == 200

@@ -40,3 +40,21 @@ def test_nothing_is_said_before_the_first_comparison_or_while_the_stream_is_down
     for found in (None, report(WORKER)) if not live else (None,):
         guard = dispatch_guard(found, "app.typo", "nowhere", stream_live=live)
         assert not guard.known and not guard.blocks and guard.warnings == []
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("app.transcibe", "app.transcribe"),  # one letter missing
+        ("app.transcribes", "app.transcribe"),
+        ("app.Transcribe", "app.transcribe"),
+        ("app.summarize", None),  # registered only by an offline worker: nothing online to suggest
+        ("billing.refund", None),  # nothing close
+    ],
+)
+def test_an_unregistered_name_close_to_a_registered_one_gets_a_did_you_mean(name: str, suggestion: str | None) -> None:
+    guard = dispatch_guard(report(WORKER, OFFLINE), name, "stt", stream_live=True)
+
+    assert guard.unregistered and guard.suggestion == suggestion
+    if suggestion:
+        assert f"did you mean {suggestion!r}?" in guard.warnings[-1]

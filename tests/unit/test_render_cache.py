@@ -114,3 +114,35 @@ def test_rows_are_cached_per_path_prefix(app: Flask) -> None:
         prefixed, _ = views.task_table_fragment(rt, views.TaskFilters())
 
     assert 'href="/tasks/t1"' in plain and 'href="/ops/tasks/t1"' in prefixed
+
+
+def test_a_frame_of_changed_rows_carries_the_counts_too(app: Flask) -> None:
+    # Once the rows updated and the counts beside them did not: "PENDING 1" next to a row that said SUCCESS.
+    from dashboard.services.events.hub import Batch
+    from dashboard.web.live import tasks_update
+
+    rt = services(app)
+    sent(rt.monitor.state, "t1")
+    filters = views.TaskFilters()
+    shown = {"t1"}
+    rt.monitor.state.apply({"type": "task-succeeded", "uuid": "t1", "hostname": "celery@w", "timestamp": T0 + 1,
+                            "runtime": 0.1, "result": "1"})
+
+    with app.test_request_context("/ws/ui?view=tasks"):
+        chrome_and_counts, rows = tasks_update(rt, filters, shown, Batch({"task": ["t1"]}), "")
+
+    assert 'id="task-counts"' in chrome_and_counts and 'hx-swap-oob="true"' in chrome_and_counts
+    assert "SUCCESS</span> 1" in chrome_and_counts and "PENDING" not in chrome_and_counts
+    assert 'data-task-id="t1"' in rows and 'data-state="SUCCESS"' in rows
+
+
+def test_with_a_filter_the_counts_are_the_matches_only(app: Flask) -> None:
+    rt = services(app)
+    sent(rt.monitor.state, "t1")
+    sent(rt.monitor.state, "t2")
+
+    with app.test_request_context("/tasks?state=PENDING&name=a.b"):
+        table, _ = views.task_table_fragment(rt, views.TaskFilters.from_args({"state": "PENDING", "name": "a.b"}))
+
+    assert "2</strong> tasks match" in table
+    assert 'class="by-state"' not in table

@@ -725,3 +725,19 @@ def test_state_package_imports_only_the_standard_library() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.split() == []
+
+
+def test_the_timeline_says_where_the_task_went_how_long_it_ran_and_why_it_failed() -> None:
+    # Once the Detail column was empty for every entry but retries and revocations.
+    state = State()
+    state.apply({"type": "task-sent", "uuid": "ok", "name": "a.b", "queue": "llm", "timestamp": 1.0})
+    state.apply({"type": "task-succeeded", "uuid": "ok", "runtime": 0.25, "result": "1", "timestamp": 2.0,
+                 "hostname": "celery@w"})
+    state.apply({"type": "task-sent", "uuid": "ko", "name": "a.b", "queue": "llm", "timestamp": 1.0})
+    state.apply({"type": "task-failed", "uuid": "ko", "exception": "ValueError('no')", "timestamp": 2.0,
+                 "hostname": "celery@w"})
+
+    ok, ko = state.task("ok"), state.task("ko")
+    assert ok is not None and ko is not None
+    assert [entry.detail for entry in ok.timeline] == ["to queue llm", "ran 0.250 s"]
+    assert [entry.detail for entry in ko.timeline] == ["to queue llm", "ValueError('no')"]

@@ -361,11 +361,23 @@ class TaskView:
 TIMESTAMP_KEYS: Final = tuple(kind.removeprefix("task-") for kind in TASK_EVENT_TYPES)
 
 
+def _derived(code: int, task: TaskRecord) -> str | None:
+    """The note of an entry whose event stored none: made from the task's own fields when read, so the timeline
+    says where the task went, how long it ran and why it failed without holding more per task."""
+    if code == SENT and task.queue:
+        return f"to queue {task.queue}"
+    if code == SUCCEEDED and task.runtime is not None:
+        return f"ran {task.runtime:.3f} s"
+    if code == FAILED and task.exception:
+        return clip(task.exception, _DETAIL_CAP)
+    return None
+
+
 def task_view(task: TaskRecord, hosts: HostTable) -> TaskView:
     """Return an immutable snapshot of task (call under the owner's lock)."""
     notes = {(ts, code): text for ts, code, text in task.details}
     timeline = tuple(
-        TimelineEntry(TASK_EVENT_TYPES[code], ts, hosts.name(host), notes.get((ts, code)))
+        TimelineEntry(TASK_EVENT_TYPES[code], ts, hosts.name(host), notes.get((ts, code)) or _derived(code, task))
         for ts, code, host in _ENTRY.iter_unpack(task.timeline)
     )
     # The timeline is sorted, so the last entry of each type wins, as in
