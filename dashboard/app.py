@@ -115,7 +115,8 @@ def build_services(
     return Services(
         config=config, client=client, state=state, hub=hub, stream=stream, monitor=monitor, routing=routing,
         resync=resync, stats=stats, audit=audit, dispatcher=Dispatcher(client, routing, audit, stats, sink),
-        revocations=SessionRevocations(settings.broker_url if config.auth.enabled else None),
+        revocations=(SessionRevocations(settings.broker_url, settings.result_backend) if config.auth.enabled
+                     else SessionRevocations()),
         rendered=RenderCache(), live=live,
     )
 

@@ -1,9 +1,10 @@
 """Server-side end of browser sessions: a logged-out session id is refused by every replica.
 
-Session cookies are signed, not stored, so logging out must leave a mark somewhere every replica reads. With a
-Redis broker (the one service every replica already shares) the mark is a key that expires with the session;
-with another broker it is kept in this process only (see the README). Each process also remembers its own
-marks and, for a second, the ids it found unmarked, so a page's burst of requests costs one Redis round trip.
+Session cookies are signed, not stored, so logging out must leave a mark somewhere every replica reads: a key that
+expires with the session, in the first Redis every replica already shares — the broker, else the result backend
+(RabbitMQ with a Redis backend). With neither, the mark is kept in this process only (see the README).
+Each process also remembers its own marks and, for a second, the ids it found unmarked, so a page's burst of
+requests costs one Redis round trip.
 """
 
 from __future__ import annotations
@@ -30,19 +31,22 @@ CAPACITY = 10_000
 class SessionRevocations:
     """Marks session ids as logged out until they would have expired anyway."""
 
-    def __init__(self, broker_url: str | None, timeout: float = CHECK_TIMEOUT) -> None:
+    def __init__(self, *redis_candidates: str | None, timeout: float = CHECK_TIMEOUT) -> None:
         self._lock = threading.Lock()
         self._revoked: OrderedDict[str, float] = OrderedDict()  # sid -> expiry (time.time())
         self._valid: OrderedDict[str, float] = OrderedDict()  # sid -> monotonic time it was last checked
         self._client: redis.Redis | None = None
         self._warned = False
-        if broker_url:
+        for url in redis_candidates:
+            if not url:
+                continue
             try:
-                if broker_scheme(broker_url) in REDIS_SCHEMES:
-                    pool = redis.ConnectionPool(**RedisTarget.from_url(broker_url).pool_kwargs(timeout))
+                if broker_scheme(url) in REDIS_SCHEMES:
+                    pool = redis.ConnectionPool(**RedisTarget.from_url(url).pool_kwargs(timeout))
                     self._client = redis.Redis(connection_pool=pool)
+                    break
             except ConfigError:
-                self._client = None
+                continue
 
     @property
     def shared(self) -> bool:

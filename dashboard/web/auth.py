@@ -223,7 +223,7 @@ def _guard() -> Any:
         return _deny(400, "this dashboard does not answer to that host name: add it to [server] allowed_hosts")
     if (unsafe or is_websocket) and not _same_origin():
         return _deny(403, "cross-site request refused: open the dashboard itself and try again")
-    if endpoint in PUBLIC_ENDPOINTS or (endpoint is None and not _settings().enabled):
+    if endpoint in PUBLIC_ENDPOINTS:
         if unsafe and endpoint == "auth.login" and not _csrf_ok():
             return _deny(403, "the form expired (CSRF token missing or wrong): reload the page and try again")
         return None
@@ -231,8 +231,11 @@ def _guard() -> Any:
         who = identify()
     except TooManyAttempts as exc:
         return _throttled(exc)
-    if who is not None and who is not False and endpoint is None:
-        return None  # a path or method that does not exist: its 404 or 405, now that the requester is known
+    if isinstance(who, Identity) and endpoint is None:
+        # A path or method that does not exist: its 404 or 405, now that the requester is known, with the pages'
+        # usual chrome (the live indicator, the alert banner, the open-mode notice).
+        g.identity = who
+        return None
     if who is False:
         return _deny(401, "wrong user name, password or token")
     if who is None:

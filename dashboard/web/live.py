@@ -181,12 +181,22 @@ def _routing_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
                        update, UI_FRAME_SECONDS)
 
 
+def _alerts_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
+    def update(batch: Batch) -> list[str]:
+        changed = views.alerts_panel_fragment(svc) + views.alert_history_fragment(svc) if batch.get("alert") else ""
+        return [_chrome(svc, batch) + changed]
+
+    return LiveSession(lambda: [_status_html(svc) + views.alerts_panel_fragment(svc)
+                                + views.alert_history_fragment(svc)], update, UI_FRAME_SECONDS)
+
+
 def _status_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
     return LiveSession(lambda: [_status_html(svc)], lambda b: [_chrome(svc, b)], UI_FRAME_SECONDS)
 
 
 UI_VIEWS: dict[str, Callable[[Services, Mapping[str, str]], LiveSession]] = {
     "tasks": _tasks_view, "task": _task_view, "workers": _workers_view, "routing": _routing_view,
+    "alerts": _alerts_view,
 }
 
 

@@ -296,6 +296,15 @@ def routing() -> str:
     )
 
 
+@bp.get("/alerts")
+def alerts() -> str:
+    """Active alerts with their fixes, and the latest raises, updates and clears, live."""
+    svc = services()
+    return render_template("pages/alerts.html", alerts_html=Markup(views.alerts_panel_fragment(svc)),
+                           history_html=Markup(views.alert_history_fragment(svc)),
+                           live_url=url_for("live.ui", view="alerts"))
+
+
 @bp.post("/routing/add-consumer")
 def add_consumer() -> tuple[str, int]:
     """The one-click fix of an orphaned queue: a chosen online worker starts consuming it (confirmed)."""

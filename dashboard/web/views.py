@@ -154,6 +154,15 @@ def alerts_panel_fragment(svc: Services) -> str:
     )
 
 
+ALERT_HISTORY_SHOWN = 50
+
+
+def alert_history_fragment(svc: Services) -> str:
+    """The latest alert changes, newest first (#alert-history)."""
+    changes, _ = svc.routing.changes_since(0)
+    return render_template("partials/alert_history.html", changes=list(reversed(changes))[:ALERT_HISTORY_SHOWN])
+
+
 def routing_fragment(svc: Services) -> str:
     """The routing tables (#routing)."""
     routing = svc.routing

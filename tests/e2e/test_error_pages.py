@@ -21,6 +21,10 @@ def test_unknown_address_shows_the_not_found_page(
     expect(page.locator("main h1")).to_have_text("404", timeout=EXPECT_MS)
     expect(page.locator("main .error")).to_have_text("Not found.", timeout=EXPECT_MS)
     expect(page.get_by_role("link", name="Back to dispatch")).to_be_visible(timeout=EXPECT_MS)
+    # The page's usual chrome, as on every page: once the 404 page had none of it.
+    expect(page.locator("#conn-status")).to_be_visible(timeout=EXPECT_MS)
+    expect(page.locator(".open-notice")).to_be_visible(timeout=EXPECT_MS)
+    expect(page.locator("#alert-banner")).to_have_count(1)
     browser_errors.assert_clean(allow_status=[404])
 
 

@@ -223,6 +223,21 @@ def test_fix_form_input_survives_live_updates(
     browser_errors.assert_clean()
 
 
+ONE_LINE_PX = 30  # a name or badge on one line is ~18-22 px high here; two lines would be ~36 or more
+
+
+def test_names_and_badges_never_wrap_mid_word(page: Page, alerts_dashboard: LiveServer) -> None:
+    # Once "worker.tasks.dem / o.fail" and "unavailab / le" broke across lines, content capped at 1200 px.
+    page.set_viewport_size({"width": 1600, "height": 900})
+    open_live(page, f"{alerts_dashboard.url}/routing")
+    names = page.locator("#routing code.task-name")
+    expect(names.first).to_be_visible(timeout=ALERT_MS)
+    for element in names.all() + page.locator("#routing .badge").all():
+        box = element.bounding_box()
+        assert box is not None
+        assert box["height"] < ONE_LINE_PX, f"{element.inner_text()!r} wraps: {box}"
+
+
 def test_forced_dispatch_raises_orphaned_alert_live_and_the_fix_clears_it(
     page: Page,
     alerts_dashboard: LiveServer,
@@ -236,6 +251,10 @@ def test_forced_dispatch_raises_orphaned_alert_live_and_the_fix_clears_it(
         f"No online worker consumes queue '{ORPHAN}'", timeout=EXPECT_MS
     )
     expect_no_alert(page)
+    # Nothing waits there yet, but nobody consumes it either: once a green "ok" sat beside a red "nobody".
+    queue_badge = page.locator(f'#routing tr[data-queue="{ORPHAN}"] .badge')
+    expect(queue_badge).to_have_text("no consumer", timeout=EXPECT_MS)
+    expect(queue_badge).to_have_class(re.compile(r"\bwarn\b"))
 
     sent_at = time.monotonic()
     raise_orphan_alert(alerts_dashboard)

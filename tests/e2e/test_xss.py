@@ -187,10 +187,11 @@ class Seeded:
     failed: str  # demo.fail: exception and traceback payload
     unfurled: str  # link.unfurl: result payload
     misnamed: str  # the payload name, NotRegistered on the stub worker
+    backend_only: str  # known to the result backend only (a failure stored there, no event): its own traceback
 
 
 @pytest.fixture(scope="module")
-def seeded(xss_server: LiveServer, sender: Celery, payload_queue: str) -> Seeded:
+def seeded(xss_server: LiveServer, sender: Celery, payload_queue: str, broker_url: str, backend_url: str) -> Seeded:
     probe = dispatch(xss_server, {"name": PROBE, "args": [P_SCRIPT, P_IMG], "kwargs": {"note": P_IMG},
                                   "options": {"queue": payload_queue}, "force": True})
     failed = dispatch(xss_server, {"name": FAIL, "kwargs": {"message": P_IMG}})
@@ -206,7 +207,15 @@ def seeded(xss_server: LiveServer, sender: Celery, payload_queue: str) -> Seeded
     wait_until("the orphaned payload queue alert",
                lambda: any(a.get("queue") == payload_queue for a in http(xss_server, "GET", "/api/alerts")[1]),
                timeout=RUN_MS / 1000)
-    return Seeded(probe, failed, unfurled, misnamed)
+    # The task page shows the backend's traceback only when the live events have none (once it showed it twice).
+    backend_only = str(uuid.uuid4())
+    backend = Celery("xss-backend", broker=broker_url, backend=backend_url, set_as_current=False)
+    try:
+        backend.backend.store_result(backend_only, RuntimeError(P_IMG), "FAILURE",
+                                     traceback=f"Traceback (most recent call last):\nRuntimeError: {P_IMG}\n")
+    finally:
+        backend.close()
+    return Seeded(probe, failed, unfurled, misnamed, backend_only)
 
 
 @pytest.fixture(params=["csp", "no-csp"])
@@ -268,7 +277,8 @@ def page_cases() -> list[Any]:
         pytest.param("/tasks/{probe}", "#task-detail", [P_SCRIPT, P_IMG, P_QUEUE], id="task-args"),
         pytest.param("/tasks/{failed}", "#task-detail .exception", [P_IMG], id="task-exception"),
         pytest.param("/tasks/{failed}", "#task-detail .traceback", [f"RuntimeError: {P_IMG}"], id="task-traceback"),
-        pytest.param("/tasks/{failed}", ".backend .traceback", [f"RuntimeError: {P_IMG}"], id="backend-traceback"),
+        pytest.param("/tasks/{backend_only}", ".backend .traceback", [f"RuntimeError: {P_IMG}"],
+                     id="backend-traceback"),
         pytest.param("/tasks/{unfurled}", "#task-detail .result", [P_SCRIPT], id="task-result"),
         pytest.param("/tasks/{unfurled}", ".backend", [P_SCRIPT], id="backend-result"),
         pytest.param("/tasks/{misnamed}", "#task-detail", [P_NAME, P_SCRIPT, P_IMG], id="task-name"),

@@ -106,3 +106,24 @@ def test_masking_is_linear_in_the_input(text: str) -> None:
 
     assert "u:p@" not in masked
     assert len(masked) >= len(text) - 100 or MASK in masked
+
+
+@pytest.mark.parametrize(
+    ("broker", "backend", "shared"),
+    [
+        ("redis://127.0.0.1:1/0", None, True),
+        ("amqp://guest@127.0.0.1:1//", "redis://127.0.0.1:1/1", True),  # RabbitMQ with a Redis result backend
+        ("amqp://guest@127.0.0.1:1//", "rpc://", False),
+        ("amqp://guest@127.0.0.1:1//", None, False),
+    ],
+)
+def test_logouts_are_shared_through_the_first_redis_every_replica_has(
+    broker: str, backend: str | None, shared: bool
+) -> None:
+    from dashboard.services.sessions import SessionRevocations
+
+    revocations = SessionRevocations(broker, backend)  # nothing connects until a session is checked
+    try:
+        assert revocations.shared is shared
+    finally:
+        revocations.close()
