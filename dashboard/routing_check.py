@@ -80,6 +80,26 @@ class CheckResult:
         return out
 
 
+def _known_workers(settings: ClientSettings, timeout: float) -> set[str]:
+    """Workers the broker has seen (Redis only: their pidbox bindings); empty when that cannot be told."""
+    from .model.kombu import pidbox_hosts
+    from .services.broker import broker_inspector
+    from .services.broker.redis import RedisBrokerInspector
+
+    try:
+        inspector = broker_inspector(settings.broker_url, settings.broker_transport_options, timeout)
+    except DashboardError:
+        return set()
+    try:
+        if isinstance(inspector, RedisBrokerInspector):
+            return pidbox_hosts(inspector.bindings())
+        return set()
+    except DashboardError:
+        return set()
+    finally:
+        inspector.close()
+
+
 def run_check(config: Config, timeout: float) -> CheckResult:
     """Ping, inspect, read queue depths and compare, each bounded by `timeout`."""
     from .services.broker import broker_inspector
@@ -94,8 +114,11 @@ def run_check(config: Config, timeout: float) -> CheckResult:
     client = SendOnlyClient(settings)
     control = build_send_only_app(settings)
     inspector = WorkerInspector(control, timeout=timeout)
+    known = _known_workers(settings, timeout)
     try:
-        replies = control.control.ping(timeout=timeout) or []
+        # A ping waits its whole timeout unless told how many answers to expect: the workers the broker knows
+        # (Redis: their remote-control bindings) make it stop as soon as each has answered.
+        replies = control.control.ping(timeout=timeout, limit=len(known) or None) or []
     except BROKER_ERRORS as exc:
         return CheckResult(EXIT_UNREACHABLE, broker, settings.origin,
                            error=mask_text(f"the broker at {broker} is unreachable: {exc}"))

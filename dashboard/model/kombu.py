@@ -115,3 +115,12 @@ def is_internal(binding: Binding) -> bool:
 def user_queues(bindings: Iterable[Binding]) -> set[str]:
     """The queue names bound in `bindings`, Celery's internal ones left out."""
     return {binding.queue for binding in bindings if not is_internal(binding)}
+
+
+def pidbox_hosts(bindings: Iterable[Binding], control_exchange: str = "celery") -> set[str]:
+    """The hostnames of the workers whose remote-control queues are bound (``<hostname>.<exchange>.pidbox``):
+    every worker that started on this broker and may still answer a ping (a dead one's binding can linger)."""
+    exchange = f"{control_exchange}{PIDBOX_SUFFIX}"
+    suffix = f".{exchange}"
+    return {binding.queue.removesuffix(suffix) for binding in bindings
+            if binding.exchange == exchange and binding.queue.endswith(suffix) and binding.queue != suffix}

@@ -26,7 +26,7 @@ from tests.support.processes import started
 
 TRANSLATE = "worker.tasks.llm.translate"  # the example config's deliberate mismatch: routed to "llm-gpu"
 STUB_QUEUES = ("stt", "llm", "default")
-CHECK_TIMEOUT = 1.0  # --timeout: ping waits all of it (any number of workers may answer), the rest is quick
+CHECK_TIMEOUT = 1.0  # --timeout: on Redis the ping ends once every worker the broker knows has answered
 UNREACHABLE_SLACK = 3.0  # interpreter start-up and imports on top of --timeout
 RUN_DEADLINE = 30.0  # a hung CLI is killed and the test fails, whatever the case
 
@@ -139,6 +139,17 @@ def test_config_mirroring_the_worker_is_consistent(cluster: Cluster, tmp_path: P
         "worker.tasks.demo.slow": "default",
     }
     assert all(row["registered_on"] == [cluster.worker.hostname] for row in rows.values())
+
+
+def test_check_routes_stops_once_every_known_worker_answered(cluster: Cluster, tmp_path: Path) -> None:
+    # Once it always waited its whole --timeout for pings, however quickly the workers answered.
+    config = write_config(tmp_path, "quick", cluster.broker_url, matching_config())
+
+    run = check_routes(config, "--timeout", "20")
+
+    print(f"\n[check-routes] --timeout 20 with one known worker: exit {run.code} in {run.seconds:.2f} s")
+    assert run.code == 0, run
+    assert run.seconds < 10, "it waited for answers that could not come"
 
 
 def test_example_config_mismatch_exits_1_in_plain_words(cluster: Cluster, tmp_path: Path) -> None:

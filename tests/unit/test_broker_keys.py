@@ -372,3 +372,18 @@ def test_factory_rejects_malformed_transport_options() -> None:
 )
 def test_shown_url_masks_the_password(url: str, shown: str) -> None:
     assert shown_url(url) == shown
+
+
+def test_the_workers_a_redis_broker_knows_come_from_their_remote_control_bindings() -> None:
+    from dashboard.model.kombu import pidbox_hosts
+
+    bindings = [
+        Binding("celery.pidbox", "", "", "celery@a.celery.pidbox"),
+        Binding("celery.pidbox", "", "", "stub@b.example.celery.pidbox"),
+        Binding("reply.celery.pidbox", "x", "", "1c2d.reply.celery.pidbox"),  # a client's reply queue
+        Binding("llm", "llm", "", "llm"),
+        Binding("celery.pidbox", "", "", ".celery.pidbox"),  # malformed: no hostname
+    ]
+
+    assert pidbox_hosts(bindings) == {"celery@a", "stub@b.example"}
+    assert pidbox_hosts(bindings, control_exchange="other") == set()
