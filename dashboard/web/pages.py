@@ -53,6 +53,23 @@ def clock(timestamp: float | None) -> str:
     except (OverflowError, OSError, ValueError):
         return "?"
 
+@bp.app_template_filter("when")
+def when(timestamp: float | None, precise: bool = False, age: bool = False) -> Markup:
+    """A date and time, in UTC as served; the page's script shows it in local time when the viewer chose so and
+    keeps its age ("3 s ago") current. `precise` adds milliseconds (timelines)."""
+    if timestamp is None:
+        return Markup("–")
+    try:
+        moment = datetime.fromtimestamp(float(timestamp), UTC)
+    except (OverflowError, OSError, ValueError):
+        return Markup("?")
+    shown = moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if precise else moment.strftime("%Y-%m-%d %H:%M:%S")
+    return Markup('<time datetime="{iso}" data-epoch="{epoch:.3f}"{precise}{age}>{shown} UTC</time>').format(
+        iso=moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"), epoch=float(timestamp),
+        precise=Markup(' data-precise="1"') if precise else "", age=Markup(' data-age="1"') if age else "",
+        shown=shown)
+
+
 RAW_FORM_ID = "dispatch-raw"
 _FORM_ID_RE = re.compile(r"^dispatch-(raw|\d{1,4})$")
 _TASK_ID_RE = re.compile(r"^[\w.:@-]{1,255}$")

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from dashboard.services.processes import CeleryWorker, RedisServer
 from tests.e2e.browser_errors import BrowserErrors
@@ -199,3 +199,27 @@ def test_indicator_shows_reconnecting_while_broker_is_down_and_live_after(
     assert page.locator("html").get_attribute("data-e2e-ws") == "open", "the page's own websocket dropped"
     assert_not_reloaded(page, marker)
     browser_errors.assert_clean()
+
+
+def test_times_show_dates_ages_and_switch_to_local_time(browser: Browser, dashboard_server: LiveServer) -> None:
+    # Once times were clock-only (HH:MM:SS.mmm UTC): no date, no age, no local time.
+    sent = api_dispatch(dashboard_server, {"name": UNFURL, "kwargs": {"url": f"https://example.com/t{uuid.uuid4()}"}})
+    context = browser.new_context(timezone_id="Asia/Tokyo")  # UTC+9, no daylight saving
+    try:
+        page = context.new_page()
+        page.set_default_timeout(EXPECT_MS)
+        page.goto(f"{dashboard_server.url}/tasks")
+        first_seen = task_row(page, sent["task_id"]).locator("time")
+        expect(first_seen).to_have_text(re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC · \d+ s ago$"))
+        utc_hour = int(first_seen.inner_text()[11:13])
+
+        page.get_by_role("button", name="Times: UTC").click()
+        expect(page.get_by_role("button", name="Times: local")).to_have_attribute("aria-pressed", "true")
+        expect(first_seen).to_have_text(re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} · \d+ s ago$"))
+        assert int(first_seen.inner_text()[11:13]) == (utc_hour + 9) % 24
+
+        page.goto(f"{dashboard_server.url}/tasks/{sent['task_id']}")  # the choice is kept
+        timeline = page.locator("#task-detail .timeline time").first
+        expect(timeline).to_have_text(re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}$"))
+    finally:
+        context.close()
