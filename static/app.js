@@ -87,3 +87,27 @@
     }
   });
 })();
+
+// Theme: auto (the system's), dark or light, in turn; the choice is kept (theme.js applies it before paint).
+(function () {
+  "use strict";
+  var KEY = "dispatch-dashboard.theme";
+  var ORDER = ["auto", "dark", "light"];
+  function current() { return document.documentElement.getAttribute("data-theme") || "auto"; }
+  function label(button) {
+    button.textContent = "Theme: " + current();
+    button.setAttribute("aria-label", "Theme: " + current() + " (switch)");
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    var button = document.getElementById("theme");
+    if (!button) { return; }
+    label(button);
+    button.addEventListener("click", function () {
+      var next = ORDER[(ORDER.indexOf(current()) + 1) % ORDER.length];
+      if (next === "auto") { document.documentElement.removeAttribute("data-theme"); }
+      else { document.documentElement.setAttribute("data-theme", next); }
+      try { window.localStorage.setItem(KEY, next); } catch (e) { /* private mode */ }
+      label(button);
+    });
+  });
+})();
