@@ -223,3 +223,21 @@ def test_times_show_dates_ages_and_switch_to_local_time(browser: Browser, dashbo
         expect(timeline).to_have_text(re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}$"))
     finally:
         context.close()
+
+
+def test_a_part_of_a_name_filters_and_rows_show_args_and_results(
+    page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors
+) -> None:
+    url = f"https://example.com/cols-{uuid.uuid4().hex[:8]}"
+    sent = api_dispatch(dashboard_server, {"name": UNFURL, "kwargs": {"url": url}})
+    page.goto(f"{dashboard_server.url}/tasks")
+    page.get_by_label("Name").fill("link.unf")  # a part of worker.tasks.link.unfurl
+    page.get_by_label("Name").press("Enter")
+
+    row = task_row(page, sent["task_id"])
+    expect(row).to_have_attribute("data-state", "SUCCESS", timeout=RUN_MS)
+    expect(row.locator("td.args")).to_contain_text(url[:40], timeout=EXPECT_MS)
+    expect(row.locator("td.result")).not_to_have_text("–", timeout=EXPECT_MS)
+    expect(page.locator("#task-table tr.task")).to_have_count(
+        page.locator(f'#task-table tr.task:has(.task-name:text-is("{UNFURL}"))').count())
+    browser_errors.assert_clean()

@@ -741,3 +741,18 @@ def test_the_timeline_says_where_the_task_went_how_long_it_ran_and_why_it_failed
     assert ok is not None and ko is not None
     assert [entry.detail for entry in ok.timeline] == ["to queue llm", "ran 0.250 s"]
     assert [entry.detail for entry in ko.timeline] == ["to queue llm", "ValueError('no')"]
+
+
+def test_a_name_filter_that_is_no_task_name_matches_parts_of_names() -> None:
+    # Once only an exact name matched: "billing" found nothing among billing.refund and billing.charge.
+    state = State()
+    for task_id, name in (("a", "billing.refund"), ("b", "billing.charge"), ("c", "mail.send"), ("d", "Billing.x")):
+        state.apply({"type": "task-sent", "uuid": task_id, "name": name, "queue": "q", "timestamp": 1.0})
+    state.apply({"type": "task-started", "uuid": "b", "hostname": "celery@w", "timestamp": 2.0})
+
+    page, total = state.tasks(name="billing")
+    assert total == 3 and {task.id for task in page} == {"a", "b", "d"}  # case-insensitive
+    assert state.tasks(name="mail.send")[1] == 1  # an exact name is exact
+    page, total = state.tasks(name="billing", state="STARTED")
+    assert total == 1 and [task.id for task in page] == ["b"]
+    assert state.tasks(name="nothing-like-it") == ([], 0)

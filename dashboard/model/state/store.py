@@ -263,7 +263,11 @@ class State:
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[TaskView], int]:
-        """Return one page of tasks, newest first sighting first, and how many match in all."""
+        """Return one page of tasks, newest first sighting first, and how many match in all.
+
+        `name` is a task name, or a part of names (case-insensitive) when no task has exactly that name: "billing"
+        finds every billing task. The other filters are exact.
+        """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
         with self._lock:
@@ -272,46 +276,50 @@ class State:
                 total = len(self._order)
                 page = list(islice(reversed(self._order), offset, offset + limit))
             elif len(given) == 1:
-                # One filter: the total is a counter the state keeps, and the page stops the scan early.
-                attribute, value, counts = given[0]
-                total = counts.get(value, 0)
+                # One filter: the total is a sum of counters the state keeps, and the page stops the scan early.
+                attribute, values, counts = given[0]
+                total = sum(counts.get(value, 0) for value in values)
                 read = attrgetter(attribute)
-                matching = (task for task in reversed(self._order) if read(task) == value)
+                matching = (task for task in reversed(self._order) if read(task) in values)
                 page = list(islice(matching, offset, offset + limit)) if total > offset else []
             else:
-                page, total = self._matching_page(state, name, queue, worker, given, limit, offset)
+                page, total = self._matching_page(given, limit, offset)
             return [task_view(task, self._hosts) for task in page], total
 
     def _given_filters(
         self, state: str | None, name: str | None, queue: str | None, worker: str | None
-    ) -> list[tuple[str, str, dict[str, int]]]:
-        """(attribute, value, per-value counts) of each filter given (call under the lock)."""
+    ) -> list[tuple[str, frozenset[str], dict[str, int]]]:
+        """(attribute, accepted values, per-value counts) of each filter given (call under the lock)."""
         candidates = (("state", state, self._by_state), ("name", name, self._by_name),
                       ("queue", queue, self._by_queue), ("worker", worker, self._by_worker))
-        return [(attribute, value, counts) for attribute, value, counts in candidates if value is not None]
+        given = []
+        for attribute, value, counts in candidates:
+            if value is None:
+                continue
+            values = frozenset({value})
+            if attribute == "name" and value not in counts:
+                needle = value.casefold()  # the distinct names are few next to the tasks: this scan is cheap
+                values = frozenset(known for known in counts if needle in known.casefold())
+            given.append((attribute, values, counts))
+        return given
 
     def _matching_page(
-        self, state: str | None, name: str | None, queue: str | None, worker: str | None,
-        given: list[tuple[str, str, dict[str, int]]], limit: int, offset: int,
+        self, given: list[tuple[str, frozenset[str], dict[str, int]]], limit: int, offset: int,
     ) -> tuple[list[TaskRecord], int]:
-        """One page of matching tasks newest first, and how many match (call under the lock).
+        """One page of tasks matching every filter, newest first, and how many match (call under the lock).
 
         One pass that counts every match and keeps only the page: no list of all matches is built. Per-value
         indexes would cost more memory per task than the whole timeline does; per-value counts are kept (see
-        tasks()), and one that is zero answers at once.
+        tasks()), and a filter none of whose values is counted answers at once.
         """
-        if any(not counts.get(value) for _attribute, value, counts in given):
+        if any(not any(counts.get(value) for value in values) for _attribute, values, counts in given):
             return [], 0
+        checks = [(attrgetter(attribute), values) for attribute, values, _counts in given]
         page: list[TaskRecord] = []
         total = 0
         end = offset + limit
         for task in reversed(self._order):
-            if (
-                (state is None or task.state == state)
-                and (name is None or task.name == name)
-                and (queue is None or task.queue == queue)
-                and (worker is None or task.worker == worker)
-            ):
+            if all(read(task) in values for read, values in checks):
                 if offset <= total < end:
                     page.append(task)
                 total += 1
