@@ -147,13 +147,25 @@ def _tasks_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
 
 def _task_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
     task_id = args.get("id", "")[:255]
+    shown: list[frozenset[str]] = [frozenset()]  # the workflow tree's members, as last sent
+
+    def family() -> str:
+        html, shown[0] = views.task_family_fragment(svc, task_id)
+        return html
+
+    def snapshot() -> list[str]:
+        return [_status_html(svc) + views.task_detail_fragment(svc, task_id) + family()]
 
     def update(batch: Batch) -> list[str]:
-        detail = views.task_detail_fragment(svc, task_id, live=True) if task_id in batch.get("task") else ""
-        return [_chrome(svc, batch) + detail]
+        changed = batch.get("task")
+        detail = views.task_detail_fragment(svc, task_id, live=True) if task_id in changed else ""
+        # The tree is redrawn when one of its members changed, or a changed task hangs under one (a new child).
+        members = shown[0] or frozenset({task_id})
+        related = any(key in members for key in changed) or any(
+            task.parent_id in members for task in svc.state.tasks_by_id(key for key in changed if key not in members))
+        return [_chrome(svc, batch) + detail + (family() if related else "")]
 
-    return LiveSession(lambda: [_status_html(svc) + views.task_detail_fragment(svc, task_id)], update,
-                       UI_FRAME_SECONDS)
+    return LiveSession(snapshot, update, UI_FRAME_SECONDS)
 
 
 def _workers_view(svc: Services, args: Mapping[str, str]) -> LiveSession:

@@ -275,9 +275,10 @@ def task(task_id: str) -> tuple[str, int]:
     if not _TASK_ID_RE.fullmatch(task_id):
         raise NotFound()
     svc = services()
+    family_html, _ = views.task_family_fragment(svc, task_id)
     return render_template(
         "pages/task.html", task_id=task_id, backend_html=Markup(_backend_fragment(svc, task_id)),
-        detail_html=Markup(views.task_detail_fragment(svc, task_id)),
+        detail_html=Markup(views.task_detail_fragment(svc, task_id)), family_html=Markup(family_html),
         live_url=url_for("live.ui", view="task", id=task_id),
     ), 200
 

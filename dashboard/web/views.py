@@ -127,6 +127,13 @@ def row_kind(*, oob: bool) -> str:
 FINISHED_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
 
 
+def task_family_fragment(svc: Services, task_id: str) -> tuple[str, frozenset[str]]:
+    """The task's workflow (#task-family): its root's tree, live; and the ids it shows (to know when to redraw)."""
+    family = svc.state.family(task_id)
+    ids = frozenset(member.task.id for member in family.members) if family is not None else frozenset()
+    return render_template("partials/task_family.html", family=family, task_id=task_id), ids
+
+
 def task_detail_fragment(svc: Services, task_id: str, *, live: bool = False) -> str:
     """The task page's live part (#task-detail). Pushed `live` when the task has finished, it carries a loader
     that reads the result backend's panel again, so the panel never contradicts the state above it."""

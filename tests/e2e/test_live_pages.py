@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
@@ -240,4 +241,27 @@ def test_a_part_of_a_name_filters_and_rows_show_args_and_results(
     expect(row.locator("td.result")).not_to_have_text("–", timeout=EXPECT_MS)
     expect(page.locator("#task-table tr.task")).to_have_count(
         page.locator(f'#task-table tr.task:has(.task-name:text-is("{UNFURL}"))').count())
+    browser_errors.assert_clean()
+
+
+def test_a_chain_shows_as_a_workflow_tree_and_its_next_step_appears_live(
+    page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors, celery_client: Any
+) -> None:
+    from celery import chain
+
+    slow = celery_client.signature("worker.tasks.demo.slow", kwargs={"seconds": 2, "steps": 2}, immutable=True,
+                                   queue="default")
+    unfurl = celery_client.signature(UNFURL, kwargs={"url": "https://example.com/chain"}, immutable=True,
+                                     queue="default")
+    last = chain(slow, unfurl).apply_async()
+    first_id = str(last.parent.id)
+
+    marker = open_live(page, f"{dashboard_server.url}/tasks/{first_id}")
+    tree = page.locator("#task-family")
+    expect(tree.locator(f'.node[data-task-id="{first_id}"]')).to_have_attribute("data-depth", "0", timeout=RUN_MS)
+    child = tree.locator(f'.node[data-task-id="{last.id}"]')
+    expect(child).to_have_attribute("data-depth", "1", timeout=RUN_MS)  # published by the worker, seen live
+    expect(child.locator(".state")).to_have_text("SUCCESS", timeout=RUN_MS)
+    expect(child.get_by_role("link", name=str(last.id))).to_be_visible()
+    assert_not_reloaded(page, marker)
     browser_errors.assert_clean()

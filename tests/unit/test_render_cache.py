@@ -146,3 +146,30 @@ def test_with_a_filter_the_counts_are_the_matches_only(app: Flask) -> None:
 
     assert "2</strong> tasks match" in table
     assert 'class="by-state"' not in table
+
+
+def test_the_task_page_shows_the_workflow_tree_and_redraws_it_when_a_child_appears(app: Flask) -> None:
+    from dashboard.services.events.hub import Batch
+    from dashboard.web.live import ui_session
+
+    rt = services(app)
+    state = rt.monitor.state
+    state.apply({"type": "task-sent", "uuid": "root", "name": "wf.<root>", "timestamp": T0})
+    state.apply({"type": "task-sent", "uuid": "a", "name": "wf.a", "parent_id": "root", "root_id": "root",
+                 "timestamp": T0 + 1})
+    page = app.test_client().get("/tasks/a").data.decode()
+    assert 'id="task-family"' in page and 'data-task-id="root"' in page and "wf.&lt;root&gt;" in page
+    assert "hidden" not in page.split('id="task-family"')[1].split(">")[0]
+
+    with app.test_request_context("/ws/ui?view=task&id=a"):
+        session = ui_session(rt, {"view": "task", "id": "a"})
+        session.snapshot()
+        state.apply({"type": "task-sent", "uuid": "b", "name": "wf.b", "parent_id": "a", "root_id": "root",
+                     "timestamp": T0 + 2})
+        (frame,) = session.update(Batch({"task": ["b"]}))
+        (quiet,) = session.update(Batch({"task": ["unrelated"]}))
+
+    assert 'id="task-family"' in frame and 'data-task-id="b"' in frame and 'data-depth="2"' in frame
+    assert 'id="task-family"' not in quiet
+    lone = app.test_client().get("/tasks/unknown-task").data.decode()
+    assert 'id="task-family" class="panel family" aria-label="Workflow" hidden' in lone

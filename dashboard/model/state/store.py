@@ -12,6 +12,7 @@ from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
+from .family import Family, family_of, link
 from .fields import Interner, as_float
 from .tasks import (
     EVENT_STATES,
@@ -102,6 +103,7 @@ class State:
         self._by_name: dict[str, int] = {}
         self._by_queue: dict[str, int] = {}
         self._by_worker: dict[str, int] = {}
+        self._children: dict[str, list[str]] = {}  # parent id -> retained children: workflow trees
         self._workers: dict[str, WorkerRecord] = {}
         self._events: dict[str, int] = {}
         self._evicted = 0
@@ -172,8 +174,11 @@ class State:
             if len(self._order) > self._max_tasks:
                 self._evict_oldest_task()
         before = task.state
-        name, queue, worker = task.name, task.queue, task.worker
+        name, queue, worker, parent = task.name, task.queue, task.worker, task.parent_id
         self._updater.apply(task, code, event, ts, host)
+        if task.parent_id != parent:
+            link(self._children, parent, task.id, remove=True)
+            link(self._children, task.parent_id, task.id)
         task.version += 1
         if task.state != before:
             self._by_state[before] -= 1
@@ -199,6 +204,7 @@ class State:
         _recount(self._by_name, oldest.name, None)
         _recount(self._by_queue, oldest.queue, None)
         _recount(self._by_worker, oldest.worker, None)
+        link(self._children, oldest.parent_id, oldest.id, remove=True)
         self._evicted += 1
 
     def _apply_worker(self, kind: str, event: Mapping[str, Any]) -> Change | None:
@@ -247,6 +253,11 @@ class State:
         with self._lock:
             found = [self._tasks.get(task_id) for task_id in task_ids]
             return [task_view(task, self._hosts) for task in found if task is not None]
+
+    def family(self, task_id: str) -> Family | None:
+        """The workflow tree around a retained task (its root, parents and descendants), or None."""
+        with self._lock:
+            return family_of(task_id, self._tasks, self._children, lambda task: task_view(task, self._hosts))
 
     def task_versions(self, task_ids: Iterable[str]) -> dict[str, int]:
         """The version (events applied so far) of each given task that is retained: cheap, under one lock."""
