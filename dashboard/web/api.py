@@ -97,13 +97,13 @@ def catalog() -> Response:
 
 @bp.get("/api/tasks")
 def tasks() -> tuple[Response, int]:
-    """Retained tasks, newest first: ?state=&name=&queue=&worker=&limit=(1-1000, 50)&offset=."""
+    """Retained tasks, newest first (or ?sort=): ?state=&name=&queue=&worker=&limit=(1-1000, 50)&offset=."""
     try:
         filters = views.TaskFilters.from_args(request.args)
     except views.FilterError as exc:
         return _bad_request(str(exc))
     found, total = services().monitor.state.tasks(
-        filters.state, filters.name, filters.queue, filters.worker, filters.limit, filters.offset
+        filters.state, filters.name, filters.queue, filters.worker, filters.limit, filters.offset, filters.sort
     )
     return jsonify(tasks=[task.to_dict() for task in found], total=total, limit=filters.limit,
                    offset=filters.offset), 200

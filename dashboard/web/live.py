@@ -231,7 +231,7 @@ def tasks_update(svc: Services, filters: views.TaskFilters, shown: set[str], bat
     changed = batch.get("task")
     if changed:
         unseen = any(key not in shown for key in changed)
-        if filters.active or (unseen and filters.offset == 0):
+        if filters.active or filters.sorted or (unseen and filters.offset == 0):
             parts.append(_table(svc, filters, shown))
         else:
             # The rows change in place; the counts beside them change with them (a task that finished moves

@@ -14,6 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ..config import MAX_BODY_BYTES
 from ..model.dispatch import OUTCOMES
+from ..model.state import SORT_KEYS
 from ..model.state.tasks import EVENT_STATES
 from ..services.audit import MAX_QUERY_LIMIT
 from . import audit, auth, query, views
@@ -73,8 +74,11 @@ def _paths() -> Schema:
             "listTasks", "tasks", "Retained tasks, newest first", json_body(ref_to("TaskPage"), "One page"),
             parameters=[
                 query_param("state", {"enum": list(EVENT_STATES)}, "Only tasks in this state (case-insensitive)"),
-                filter_param("name", 255, "Task name"), filter_param("queue", 255, "Queue"),
-                filter_param("worker", 255, "Worker hostname"),
+                filter_param("name", 255, "Task name, or a part of names when no task has exactly that name"),
+                filter_param("queue", 255, "Queue"), filter_param("worker", 255, "Worker hostname"),
+                query_param("sort", {"enum": [f"{sign}{key}" for key in SORT_KEYS for sign in ("", "-")]},
+                            "Order: seen (first sighting), runtime, name or state; - first for descending "
+                            "(default -seen: newest first)"),
                 *paging_params(views.PAGE_SIZE, TASKS_MAX_LIMIT, query.MAX_OFFSET),
             ],
             responses={"400": error_answer("A filter or paging parameter cannot be used")},

@@ -17,7 +17,7 @@ from markupsafe import Markup
 from ..exceptions import BrokerUnavailable
 from ..model.catalog import task_name_problem
 from ..model.secrets import mask_text
-from ..model.state import EVENT_STATES, TaskView
+from ..model.state import DEFAULT_SORT, EVENT_STATES, SORT_KEYS, TaskView
 from ..services.client import BROKER_ERRORS
 from ..services.container import Services
 from ..services.inspection import NoReply, WorkerRefused
@@ -48,6 +48,7 @@ class TaskFilters:
     worker: str | None = None
     limit: int = PAGE_SIZE
     offset: int = 0
+    sort: str = DEFAULT_SORT  # a SORT_KEYS key, "-" first for descending
 
     @classmethod
     def from_args(
@@ -62,17 +63,38 @@ class TaskFilters:
                 raise FilterError(f"state: must be one of {', '.join(EVENT_STATES)}")
         limit = int_arg(args, "limit", default_limit, 1, max_limit, FilterError)
         offset = int_arg(args, "offset", 0, 0, MAX_OFFSET, FilterError)
-        return cls(state, values["name"], values["queue"], values["worker"], limit, offset)
+        sort = (args.get("sort") or DEFAULT_SORT).strip()[:16]
+        if sort.removeprefix("-") not in SORT_KEYS:
+            raise FilterError(f"sort: must be one of {', '.join(SORT_KEYS)}, with - first for descending")
+        return cls(state, values["name"], values["queue"], values["worker"], limit, offset, sort)
 
     @property
     def active(self) -> bool:
         """True when any filter (not paging) is set."""
         return any(getattr(self, key) for key in FILTER_KEYS)
 
+    @property
+    def sorted(self) -> bool:
+        """True when the list is in another order than newest first."""
+        return self.sort != DEFAULT_SORT
+
     def query(self, **changes: object) -> str:
         """The query string for these filters with some values changed (for links and the websocket URL)."""
-        filters = {key: getattr(self, key) for key in FILTER_KEYS}
+        filters: dict[str, object] = {key: getattr(self, key) for key in FILTER_KEYS}
+        if self.sorted:
+            filters["sort"] = self.sort
         return page_query(filters, self.limit, self.offset, PAGE_SIZE, changes)
+
+    def sort_link(self, key: str) -> str:
+        """The query string that sorts by `key`: descending first (newest, longest, Z to A), then ascending."""
+        toggled = key if self.sort == f"-{key}" else f"-{key}"
+        return self.query(sort=None if toggled == DEFAULT_SORT else toggled, offset=0)
+
+    def aria_sort(self, key: str) -> str:
+        """The column's aria-sort value."""
+        if self.sort.removeprefix("-") != key:
+            return "none"
+        return "descending" if self.sort.startswith("-") else "ascending"
 
 
 def status_fragment(svc: Services) -> str:
@@ -94,7 +116,7 @@ def task_table_fragment(svc: Services, filters: TaskFilters) -> tuple[str, list[
     a table re-sent to many viewers as tasks stream in renders each row once.
     """
     tasks, total = svc.monitor.state.tasks(filters.state, filters.name, filters.queue, filters.worker,
-                                          filters.limit, filters.offset)
+                                          filters.limit, filters.offset, filters.sort)
     # Our own template's output: everything from the task was escaped there.
     rows = [Markup(svc.rendered.render(row_kind(oob=False), task, _inline_row)) for task in tasks]
     html = render_template("partials/task_table.html", tasks=tasks, rows=rows, total=total, filters=filters,

@@ -265,3 +265,24 @@ def test_a_chain_shows_as_a_workflow_tree_and_its_next_step_appears_live(
     expect(child.get_by_role("link", name=str(last.id))).to_be_visible()
     assert_not_reloaded(page, marker)
     browser_errors.assert_clean()
+
+
+def test_columns_sort_by_a_click(page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors) -> None:
+    for seconds in (0.3, 0.1):
+        api_dispatch(dashboard_server, {"name": "worker.tasks.demo.slow", "kwargs": {"seconds": seconds, "steps": 1}})
+    page.goto(f"{dashboard_server.url}/tasks")
+    page.get_by_role("link", name="Runtime").click()
+    header = page.locator('th.sortable:has-text("Runtime")')
+    expect(header).to_have_attribute("aria-sort", "descending", timeout=EXPECT_MS)
+    expect(page).to_have_url(re.compile(r"sort=-runtime"))
+
+    def runtimes() -> list[float]:
+        texts = page.locator("#task-table td.runtime").all_inner_texts()
+        return [float(text.split()[0]) for text in texts if text.strip() != "–"]
+
+    wait_until(lambda: len(runtimes()) >= 2, RUN_MS / 1000, "two runtimes in the table")
+    shown = runtimes()
+    assert shown == sorted(shown, reverse=True), shown
+    page.get_by_role("link", name="Runtime ↓").click()
+    expect(header).to_have_attribute("aria-sort", "ascending", timeout=EXPECT_MS)
+    browser_errors.assert_clean()

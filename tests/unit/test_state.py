@@ -756,3 +756,25 @@ def test_a_name_filter_that_is_no_task_name_matches_parts_of_names() -> None:
     page, total = state.tasks(name="billing", state="STARTED")
     assert total == 1 and [task.id for task in page] == ["b"]
     assert state.tasks(name="nothing-like-it") == ([], 0)
+
+
+def test_tasks_sort_by_runtime_name_state_or_sighting_missing_values_last() -> None:
+    state = State()
+    for task_id, name, runtime in (("a", "n.b", 0.5), ("b", "n.a", 2.0), ("c", "n.c", None), ("d", "n.d", 0.1)):
+        state.apply({"type": "task-sent", "uuid": task_id, "name": name, "timestamp": 1.0})
+        if runtime is not None:
+            state.apply({"type": "task-succeeded", "uuid": task_id, "runtime": runtime, "hostname": "celery@w",
+                         "timestamp": 2.0})
+
+    def ids(sort: str, **filters: str) -> list[str]:
+        return [task.id for task in state.tasks(sort=sort, **filters)[0]]  # type: ignore[arg-type]
+
+    assert ids("-runtime") == ["b", "a", "d", "c"]  # longest first; no runtime last
+    assert ids("runtime") == ["d", "a", "b", "c"]
+    assert ids("name") == ["b", "a", "c", "d"]
+    assert ids("seen") == ["a", "b", "c", "d"] and ids("-seen") == ["d", "c", "b", "a"]
+    assert ids("-runtime", state="SUCCESS") == ["b", "a", "d"]
+    page, total = state.tasks(sort="-runtime", limit=2, offset=1)
+    assert [task.id for task in page] == ["a", "d"] and total == 4
+    with pytest.raises(ValueError):
+        state.tasks(sort="worker")

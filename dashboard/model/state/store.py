@@ -41,6 +41,11 @@ class Change(NamedTuple):
     created: bool
 
 
+#: Orders of the task list: sighting ("seen", the default newest first), runtime, name, state (the attribute read).
+SORT_KEYS: Final[dict[str, str]] = {"seen": "", "runtime": "runtime", "name": "name", "state": "state"}
+DEFAULT_SORT: Final = "-seen"
+
+
 @dataclass(frozen=True, slots=True)
 class Counts:
     """Totals at snapshot time."""
@@ -273,17 +278,23 @@ class State:
         worker: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        sort: str = DEFAULT_SORT,
     ) -> tuple[list[TaskView], int]:
-        """Return one page of tasks, newest first sighting first, and how many match in all.
+        """Return one page of tasks, newest first sighting first (or by `sort`: a SORT_KEYS key, "-" first for
+        descending), and how many match in all.
 
         `name` is a task name, or a part of names (case-insensitive) when no task has exactly that name: "billing"
         finds every billing task. The other filters are exact.
         """
         if limit < 0 or offset < 0:
             raise ValueError("limit and offset must not be negative")
+        if sort.removeprefix("-") not in SORT_KEYS:
+            raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}, with - for descending")
         with self._lock:
             given = self._given_filters(state, name, queue, worker)
-            if not given:
+            if sort != DEFAULT_SORT:
+                page, total = self._sorted_page(given, sort, limit, offset)
+            elif not given:
                 total = len(self._order)
                 page = list(islice(reversed(self._order), offset, offset + limit))
             elif len(given) == 1:
@@ -313,6 +324,24 @@ class State:
                 values = frozenset(known for known in counts if needle in known.casefold())
             given.append((attribute, values, counts))
         return given
+
+    def _sorted_page(
+        self, given: list[tuple[str, frozenset[str], dict[str, int]]], sort: str, limit: int, offset: int,
+    ) -> tuple[list[TaskRecord], int]:
+        """One page of the matching tasks in another order than sighting: every match is sorted, so this costs a
+        pass and a sort over the matches (call under the lock); tasks without the value come last."""
+        checks = [(attrgetter(attribute), values) for attribute, values, _counts in given]
+        matching = [task for task in self._order if all(read(task) in values for read, values in checks)]
+        key = sort.removeprefix("-")
+        descending = sort.startswith("-")
+        if key == "seen":
+            ordered = list(reversed(matching)) if descending else matching
+        else:
+            read = attrgetter(SORT_KEYS[key])
+            present = [task for task in matching if read(task) is not None]
+            present.sort(key=read, reverse=descending)
+            ordered = present + [task for task in matching if read(task) is None]
+        return ordered[offset : offset + limit], len(matching)
 
     def _matching_page(
         self, given: list[tuple[str, frozenset[str], dict[str, int]]], limit: int, offset: int,
