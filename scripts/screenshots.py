@@ -48,6 +48,26 @@ def _wait(url: str, ok: object, timeout: float = 30.0) -> None:
     raise SystemExit(f"screenshots: timed out waiting for {url}")
 
 
+def _chain(broker_url: str, backend_url: str) -> str:
+    """A three-step workflow (a slow step, then a group of two), sent as any Celery client would; the first id."""
+    from celery import Celery, chain, group
+
+    app = Celery("screenshots", broker=broker_url, backend=backend_url, set_as_current=False)
+    app.conf.task_send_sent_event = True
+    try:
+        slow = app.signature("worker.tasks.demo.slow", kwargs={"seconds": 2, "steps": 2}, immutable=True,
+                             queue="default")
+        unfurls = group(app.signature("worker.tasks.link.unfurl", kwargs={"url": f"https://example.com/{n}"},
+                                      immutable=True, queue="default") for n in ("a", "b"))
+        result = chain(slow, unfurls).apply_async()
+        first = result
+        while getattr(first, "parent", None) is not None:
+            first = first.parent
+        return str(first.id)
+    finally:
+        app.close()
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     chromium = os.environ.get("DASHBOARD_CHROMIUM", "/usr/bin/chromium")
@@ -78,9 +98,10 @@ def main() -> None:
             ):
                 _post(f"{base}/api/dispatch", body)
             _wait(f"{base}/api/alerts", lambda alerts: any(a["kind"] == "orphaned_queue" for a in alerts))
+            workflow_id = _chain(redis.url(0), redis.url(1))
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
-                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page = browser.new_page(viewport={"width": 1440, "height": 900})
                 page.goto(f"{base}/")
                 form = page.locator("form.dispatch-form").nth(1)
                 form.locator('input[name="arg.note_id"]').fill("n-42")
@@ -97,6 +118,15 @@ def main() -> None:
                 page.wait_for_timeout(500)
                 page.screenshot(path=str(OUT / "routing-mismatch.png"), full_page=True)
                 page.locator("#alerts-panel").screenshot(path=str(OUT / "alert.png"))
+                page.goto(f"{base}/tasks/{workflow_id}")
+                page.locator("#task-family .node").nth(2).wait_for(timeout=20_000)
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(OUT / "workflow.png"), full_page=True)
+                dark = browser.new_page(viewport={"width": 1440, "height": 900}, color_scheme="dark")
+                dark.goto(f"{base}/tasks")
+                dark.locator("tr.task").first.wait_for(timeout=10_000)
+                dark.wait_for_timeout(1500)
+                dark.screenshot(path=str(OUT / "tasks-dark.png"), full_page=False)
                 browser.close()
         except BaseException:
             print(log_tail(log_path), file=sys.stderr)

@@ -52,7 +52,7 @@
     var text = format(ms, el.getAttribute("data-precise") === "1");
     if (el.getAttribute("data-age") === "1") { text += " · " + ago(ms); }
     if (el.textContent !== text) { el.textContent = text; }
-    el.title = format(ms, true) + (local ? " (local time)" : "");
+    el.title = format(ms, true) + (local ? " (local time)" : "") + " · " + ago(ms);
   }
   function showAll(root) {
     if (root.nodeType !== 1) { return; }
