@@ -19,7 +19,9 @@ import redis
 from playwright.sync_api import Locator, Page, Response, expect
 
 from tests.e2e.browser_errors import BrowserErrors
+from tests.support.http import get_json
 from tests.support.live_server import ConfigFactory, LiveServer, StartDashboard
+from tests.support.waits import wait_until
 
 pytestmark = pytest.mark.usefixtures("stub_worker")  # sent tasks really run
 
@@ -158,6 +160,8 @@ def test_send_by_name_says_how_names_are_checked_and_suggests_the_name_a_typo_me
     page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors
 ) -> None:
     # Once the form said names "are not checked against anything", then refused one nobody registers, with no hint.
+    wait_until(lambda: get_json(dashboard_server, "/api/routing")["consistent"] is not None,
+               RESULT_TIMEOUT, "the first routing comparison (the guard has nothing to go by before it)")
     open_dispatch_page(page, dashboard_server)
     form = raw_form(page)
     warning = form.locator(".warning")
@@ -171,6 +175,13 @@ def test_send_by_name_says_how_names_are_checked_and_suggests_the_name_a_typo_me
 
     assert response.status == 409
     expect(form).to_contain_text(f"did you mean '{UNFURL}'?", timeout=EXPECT_MS)
+    # "Send anyway" sits beside its checkbox, left-aligned (once the box sat alone, centred above its words).
+    confirm = form.locator("label.confirm")
+    expect(confirm).to_contain_text("Send anyway", timeout=EXPECT_MS)
+    box, label = confirm.locator("input[type=checkbox]").bounding_box(), confirm.bounding_box()
+    assert box is not None and label is not None
+    assert label["height"] < 2.5 * box["height"], "the checkbox and its words are on one line"
+    assert box["x"] - label["x"] < 5, "the checkbox starts the line"
     browser_errors.assert_clean(allow_status=[409])
 
 
