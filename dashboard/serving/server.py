@@ -63,10 +63,11 @@ class Server:
         asyncio.run(self._main(sockets, on_tick))
 
     def stop(self) -> None:
-        """Ask the loop to stop (from any thread)."""
+        """Ask the loop to stop (from any thread, or a signal handler); nothing once it has stopped."""
         loop, stopping = self.loop, self._stopping
-        if loop is not None and stopping is not None:
-            loop.call_soon_threadsafe(stopping.set)
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed between the check and the call
+                loop.call_soon_threadsafe(stopping.set)
 
     async def _main(self, sockets: list[socket.socket], on_tick: Callable[[], bool] | None) -> None:
         self.loop = asyncio.get_running_loop()
