@@ -230,12 +230,15 @@ def test_names_and_badges_never_wrap_mid_word(page: Page, alerts_dashboard: Live
     # Once "worker.tasks.dem / o.fail" and "unavailab / le" broke across lines, content capped at 1200 px.
     page.set_viewport_size({"width": 1600, "height": 900})
     open_live(page, f"{alerts_dashboard.url}/routing")
-    names = page.locator("#routing code.task-name")
-    expect(names.first).to_be_visible(timeout=ALERT_MS)
-    for element in names.all() + page.locator("#routing .badge").all():
-        box = element.bounding_box()
-        assert box is not None
-        assert box["height"] < ONE_LINE_PX, f"{element.inner_text()!r} wraps: {box}"
+    expect(page.locator("#routing code.task-name").first).to_be_visible(timeout=ALERT_MS)
+    # One read of every box at once: the routing tables are redrawn live, so element handles go stale.
+    boxes = page.evaluate(
+        "() => Array.from(document.querySelectorAll('#routing code.task-name, #routing .badge'))"
+        ".map(e => [e.textContent, e.getBoundingClientRect().height])"
+    )
+    assert boxes, "no names or badges on the routing page"
+    wrapped = [(text, height) for text, height in boxes if height >= ONE_LINE_PX]
+    assert wrapped == [], f"these wrap: {wrapped}"
 
 
 def test_forced_dispatch_raises_orphaned_alert_live_and_the_fix_clears_it(
