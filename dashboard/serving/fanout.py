@@ -10,7 +10,6 @@ subscriber's bound, it gets a fresh snapshot).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -65,11 +64,9 @@ class Fanout:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.frames = 0
-        self.frame_seconds_total = 0.0
         self._framed = FrameCache()  # this thread's own: the same task message framed once for every client
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self) -> None:
         """Start the thread (once)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="dashboard-fanout", daemon=True)
@@ -132,8 +129,6 @@ class Fanout:
         if messages is None:
             connection.loop.call_soon_threadsafe(connection.close, 1001, "")
             return False
-        self.frames += 1
-        self.frame_seconds_total += time.monotonic() - now
         client.first = False
         client.due = now + session.frame_seconds
         if any(messages):

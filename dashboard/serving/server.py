@@ -72,7 +72,7 @@ class Server:
     async def _main(self, sockets: list[socket.socket], on_tick: Callable[[], bool] | None) -> None:
         self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        self.fanout.start(self.loop)
+        self.fanout.start()
         for sock in sockets:
             sock.setblocking(False)
             self._servers.append(await asyncio.start_server(self._accept, sock=sock, limit=READ_CHUNK,
