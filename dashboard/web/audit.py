@@ -20,11 +20,14 @@ from ..model.secrets import mask_text
 from ..services.audit import (
     ANONYMOUS,
     MAX_QUERY_LIMIT,
+    ActionEntry,
+    ActionOutcome,
     AuditEntry,
     AuditLog,
     AuditUnavailable,
     Origin,
     Source,
+    action_entry,
     json_text,
 )
 from .context import services
@@ -142,6 +145,21 @@ def record_invalid(raw: object, exc: DispatchInvalid) -> None:
     audit.record(entry)
 
 
+def record_action(action: str, target: str, detail: Any, outcome: ActionOutcome, error: str | None = None) -> None:
+    """Audit one operator action of the current request (who, from where) — done, refused or failed. Never raises."""
+    audit = audit_log()
+    if audit is None:
+        return
+    try:
+        entry = action_entry(request_origin(), time.time(), action, target, detail, outcome,
+                             None if error is None else mask_text(error))
+    except Exception:  # recording must never break the response; the traceback goes to the log
+        log.exception("audit: could not describe the action %s", action[:100])
+        audit.count_failure()
+        return
+    audit.record_action(entry)
+
+
 def _body_fields(body: object) -> tuple[str, str, str, str, bool]:
     """name, args, kwargs, options (JSON text) and force from a decoded API body of any shape."""
     if not isinstance(body, Mapping):
@@ -198,6 +216,7 @@ def page() -> tuple[str, int]:
     return render_template(
         "pages/audit.html", enabled=audit is not None, entries=entries, total=total, filters=filters,
         outcomes=OUTCOMES, problem=problem, write_errors=audit.write_errors if audit is not None else 0,
+        actions=recent_actions() if problem is None else [],
     ), status
 
 
@@ -217,3 +236,38 @@ def api() -> tuple[Response, int]:
         return jsonify(error=str(exc)), 503
     return jsonify(entries=[entry.to_dict() for entry in entries], total=total, limit=filters.limit,
                    offset=filters.offset, write_errors=audit.write_errors), 200
+
+
+@bp.get("/api/audit/actions")
+def actions_api() -> tuple[Response, int]:
+    """Operator actions, newest first: ?action=(exact, or a family like queue.*)&target=&who=&since=&until=
+    &limit=(1-1000, 50)&offset=."""
+    audit = audit_log()
+    if audit is None:
+        return jsonify(error="auditing is off: set [audit] path in the config to keep a log of actions"), 404
+    args = request.args
+    try:
+        texts = text_args(args, ("action", "target", "who"))
+        since, until = _time_arg(args, "since"), _time_arg(args, "until")
+        limit = int_arg(args, "limit", PAGE_SIZE, 1, MAX_QUERY_LIMIT)
+        offset = int_arg(args, "offset", 0, 0, MAX_OFFSET)
+    except QueryError as exc:
+        return jsonify(error=str(exc)), 400
+    try:
+        entries, total = audit.actions(action=texts.get("action"), target=texts.get("target"),
+                                       who=texts.get("who"), since=since, until=until, limit=limit, offset=offset)
+    except AuditUnavailable as exc:
+        return jsonify(error=str(exc)), 503
+    return jsonify(entries=[entry.to_dict() for entry in entries], total=total, limit=limit, offset=offset,
+                   write_errors=audit.write_errors), 200
+
+
+def recent_actions(limit: int = 20) -> list[ActionEntry]:
+    """The newest operator actions, for the /audit page (empty when auditing is off or the log can't be read)."""
+    audit = audit_log()
+    if audit is None:
+        return []
+    try:
+        return audit.actions(limit=limit)[0]
+    except AuditUnavailable:
+        return []

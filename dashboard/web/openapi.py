@@ -129,6 +129,21 @@ def _paths() -> Schema:
                        "404": error_answer("Auditing is off"),
                        "503": error_answer("The audit log cannot be read")},
         ),
+        "/api/audit/actions": get(
+            "listAuditActions", "audit", "Operator actions, newest first",
+            json_body(ref_to("ActionPage"), "One page"),
+            parameters=[
+                filter_param("action", query.MAX_FILTER_CHARS, "An action, or a family like queue.*"),
+                *(filter_param(key, query.MAX_FILTER_CHARS, key.capitalize()) for key in ("target", "who")),
+                *(query_param(key, {"anyOf": [NUMBER, {"type": "string", "format": "date-time"}]},
+                         f"Actions at or after / before this time: epoch seconds or ISO 8601 ({key})")
+                  for key in audit.TIME_KEYS),
+                *paging_params(audit.PAGE_SIZE, MAX_QUERY_LIMIT, query.MAX_OFFSET),
+            ],
+            responses={"400": error_answer("A filter or paging parameter cannot be used"),
+                       "404": error_answer("Auditing is off"),
+                       "503": error_answer("The audit log cannot be read")},
+        ),
         "/healthz": get("healthz", "health", "Liveness: 200 while the app serves requests",
                         json_body(object_of({"status": {"const": "ok"}}), "Serving")),
         "/readyz": {"get": {

@@ -10,7 +10,7 @@ from ..model.catalog import PARAM_TYPES
 from ..model.dispatch import MAX_ARGS, MAX_DELAY_SECONDS, MAX_JSON_DEPTH, OPTION_NAMES, OUTCOMES, PRIORITY_RANGE
 from ..model.routing import SEVERITY, QueueStatus, RouteSource, TaskStatus
 from ..model.state.tasks import EVENT_STATES, TASK_EVENT_TYPES, TIMESTAMP_KEYS
-from ..services.audit import SOURCES
+from ..services.audit import ACTION_OUTCOMES, SOURCES
 from ..services.events.listener import BrokerStatus
 from . import live
 
@@ -252,5 +252,13 @@ def schemas() -> Schema:
         }),
         "AuditPage": object_of({"entries": array_of(ref_to("AuditEntry")), "total": INTEGER, "limit": INTEGER,
                               "offset": INTEGER, "write_errors": INTEGER}),
+        "ActionEntry": object_of({
+            "id": OPT_INTEGER, "at": NUMBER, "time": STRING, "who": STRING, "source": {"enum": list(SOURCES)},
+            "remote_addr": OPT_STRING, "action": STRING, "target": STRING,
+            "detail": {"type": "string", "description": "JSON text: the action's parameters and results"},
+            "outcome": {"enum": list(ACTION_OUTCOMES)}, "error": OPT_STRING,
+        }),
+        "ActionPage": object_of({"entries": array_of(ref_to("ActionEntry")), "total": INTEGER, "limit": INTEGER,
+                               "offset": INTEGER, "write_errors": INTEGER}),
     }
 

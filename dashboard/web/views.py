@@ -21,6 +21,7 @@ from ..model.state import DEFAULT_SORT, EVENT_STATES, SORT_KEYS, TaskView
 from ..services.client import BROKER_ERRORS
 from ..services.container import Services
 from ..services.inspection import NoReply, WorkerRefused
+from .audit import record_action
 from .query import MAX_FILTER_CHARS, MAX_OFFSET, QueryError, int_arg, page_query, text_args
 
 PAGE_SIZE = 50
@@ -207,6 +208,14 @@ def routing_fragment(svc: Services) -> str:
 
 def consumer_fix(svc: Services, queue: str, worker: str) -> tuple[bool, str, int]:
     """Run control.add_consumer for (queue, worker) after checking both; (ok, message, HTTP status)."""
+    ok, message, status = _consumer_fix(svc, queue, worker)
+    record_action("queue.add_consumer", queue[:255], {"worker": worker[:255]},
+                  "done" if ok else "refused" if status == 400 else "failed",
+                  None if ok else message)
+    return ok, message, status
+
+
+def _consumer_fix(svc: Services, queue: str, worker: str) -> tuple[bool, str, int]:
     if not queue or task_name_problem(queue) or len(queue) > 255:
         return False, "queue: give the name of a queue", 400
     if worker not in svc.routing.online_workers():

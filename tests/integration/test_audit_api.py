@@ -343,3 +343,22 @@ def test_audit_retention_runs_as_a_monitor_job_and_keeps_recent_entries(
         assert total == 1 and entries[0].task_id == "recent"
     finally:
         close_app(app)
+
+
+def test_an_operator_action_is_recorded_and_listed(client: FlaskClient, audit: AuditLog) -> None:
+    response = client.post("/api/queues/billing/consumers", json={"worker": XSS})
+
+    assert response.status_code == 400
+    listed = client.get("/api/audit/actions?action=queue.*")
+    assert listed.status_code == 200
+    entries = listed.get_json()["entries"]
+    assert [(e["action"], e["target"], e["outcome"]) for e in entries] == [
+        ("queue.add_consumer", "billing", "refused")]
+    assert json.loads(entries[0]["detail"]) == {"worker": XSS}
+    page = client.get("/audit").get_data(as_text=True)
+    assert "queue.add_consumer" in page and XSS not in page
+
+
+def test_the_actions_api_refuses_bad_parameters(client: FlaskClient) -> None:
+    response = client.get("/api/audit/actions?limit=0")
+    assert response.status_code == 400 and "limit" in response.get_json()["error"]

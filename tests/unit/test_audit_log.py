@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -12,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -24,11 +25,14 @@ from dashboard.services.audit import (
     MAX_TEXT_CHARS,
     MEMORY,
     SCHEMA_VERSION,
+    ActionEntry,
+    ActionOutcome,
     AuditEntry,
     AuditLog,
     AuditUnavailable,
     DispatchAttempt,
     Origin,
+    action_entry,
     capped,
     error_text,
     json_text,
@@ -587,3 +591,63 @@ def test_an_entry_that_cannot_be_described_is_counted_not_raised(audit: AuditLog
 
     assert audit.write_errors == 1
     assert audit.query() == ([], 0)
+
+
+# -- operator actions ---------------------------------------------------------------------------------------
+
+
+def action(at: float = T0, action_name: str = "queue.purge", target: str = "billing", outcome: str = "done",
+           who: str = "ops") -> ActionEntry:
+    return action_entry(Origin(who, "api", "127.0.0.1"), at, action_name, target, {"purged": 3},
+                        cast(ActionOutcome, outcome))
+
+
+def test_actions_are_recorded_and_read_back_newest_first_with_filters(db_path: Path) -> None:
+    with AuditLog(db_path) as audit:
+        audit.record_action(action(T0, "queue.purge", "billing"))
+        audit.record_action(action(T0 + 1, "queue.move", "billing", who="ana"))
+        audit.record_action(action(T0 + 2, "task.revoke", "3f2a", outcome="failed"))
+
+        everything, total = audit.actions()
+        family, family_total = audit.actions(action="queue.*")
+        by_target, _ = audit.actions(target="3f2a")
+        by_who, _ = audit.actions(who="ana")
+
+    assert total == 3 and [a.action for a in everything] == ["task.revoke", "queue.move", "queue.purge"]
+    assert family_total == 2 and {a.action for a in family} == {"queue.purge", "queue.move"}
+    assert [a.outcome for a in by_target] == ["failed"]
+    assert [a.action for a in by_who] == ["queue.move"]
+    assert json.loads(everything[0].detail) == {"purged": 3}
+    assert everything[0].to_dict()["who"] == "ops" and everything[0].id is not None
+
+
+def test_an_older_log_gains_the_actions_table_and_keeps_its_dispatches(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path)
+    for statement in audit_module._MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO dispatches (at, who, source, name, args, kwargs, options, forced, outcome) "
+                 "VALUES (1, 'a', 'api', 'n', '[]', '{}', '{}', 0, 'sent')")
+    conn.commit()
+    conn.close()
+
+    with AuditLog(db_path) as audit:
+        assert audit.query()[1] == 1
+        audit.record_action(action())
+        assert audit.actions()[1] == 1
+
+
+def test_prune_removes_old_actions_too(db_path: Path) -> None:
+    with AuditLog(db_path) as audit:
+        for i in range(5):
+            audit.record_action(action(T0 + i))
+        assert audit.prune(T0 + 3) == 3
+        assert audit.actions()[1] == 2
+
+
+def test_a_failed_action_write_is_counted_not_raised(db_path: Path) -> None:
+    audit = AuditLog(db_path)
+    audit.close()
+    assert audit.record_action(action()) is None
+    assert audit.write_errors == 1

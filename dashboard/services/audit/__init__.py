@@ -2,13 +2,17 @@
 
 from .attempt import DispatchAttempt
 from .entries import (
+    ACTION_OUTCOMES,
     ANONYMOUS,
     MAX_TEXT_CHARS,
     SOURCES,
+    ActionEntry,
+    ActionOutcome,
     AuditEntry,
     Origin,
     Outcome,
     Source,
+    action_entry,
     capped,
     error_text,
     json_text,
@@ -27,7 +31,8 @@ from .log import (
 )
 
 __all__ = [
-    "ANONYMOUS", "BUSY_TIMEOUT", "DAY", "MAX_QUERY_LIMIT", "MAX_TEXT_CHARS", "MEMORY", "PRUNE_BATCH", "PRUNE_EVERY",
-    "SCHEMA_VERSION", "SOURCES", "AuditEntry", "AuditLog", "AuditUnavailable", "DispatchAttempt", "Origin",
-    "Outcome", "Source", "capped", "error_text", "json_text", "request_entry",
+    "ACTION_OUTCOMES", "ANONYMOUS", "BUSY_TIMEOUT", "DAY", "MAX_QUERY_LIMIT", "MAX_TEXT_CHARS", "MEMORY",
+    "PRUNE_BATCH", "PRUNE_EVERY", "SCHEMA_VERSION", "SOURCES", "ActionEntry", "ActionOutcome", "AuditEntry",
+    "AuditLog", "AuditUnavailable", "DispatchAttempt", "Origin", "Outcome", "Source", "action_entry", "capped",
+    "error_text", "json_text", "request_entry",
 ]

@@ -76,6 +76,52 @@ class AuditEntry:
         }
 
 
+#: What an operator action ended in: done, refused by a check before anything happened, or failed on the way.
+ActionOutcome = Literal["done", "refused", "failed"]
+ACTION_OUTCOMES: Final[tuple[ActionOutcome, ...]] = get_args(ActionOutcome)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionEntry:
+    """One operator action (revoke, move, purge, pool, consumer, alert...): who did what to which target, how it
+    ended. `detail` is JSON text of the action's parameters and results (counts, filters, a bulk's outcomes)."""
+
+    at: float  # epoch seconds
+    who: str
+    source: Source
+    remote_addr: str | None
+    action: str  # a dotted verb: "task.revoke", "queue.move", "queue.purge", "worker.pool", ...
+    target: str  # the task id, queue name, worker hostname or alert key acted on
+    detail: str
+    outcome: ActionOutcome
+    error: str | None = None
+    id: int | None = None
+
+    @property
+    def time_iso(self) -> str:
+        """`at` as ISO 8601 UTC with milliseconds."""
+        try:
+            when = datetime.fromtimestamp(self.at, UTC)
+        except (OverflowError, OSError, ValueError):
+            return "?"
+        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "id": self.id, "at": self.at, "time": self.time_iso, "who": self.who, "source": self.source,
+            "remote_addr": self.remote_addr, "action": self.action, "target": self.target, "detail": self.detail,
+            "outcome": self.outcome, "error": self.error,
+        }
+
+
+def action_entry(origin: Origin, at: float, action: str, target: str, detail: Any, outcome: ActionOutcome,
+                 error: str | None = None) -> ActionEntry:
+    """The entry for one action; `detail` is any JSON-able value (stored as JSON text)."""
+    return ActionEntry(at=at, who=origin.who, source=origin.source, remote_addr=origin.remote_addr, action=action,
+                       target=target, detail=json_text(detail), outcome=outcome, error=error)
+
+
 def capped(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     """`text` storable as UTF-8 (lone surrogates escaped) and at most `limit` characters plus a truncation mark."""
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")

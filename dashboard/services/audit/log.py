@@ -28,7 +28,7 @@ from typing import Any, Final, cast
 from ...exceptions import DashboardError
 from ...model.dispatch import OUTCOMES
 from ...model.secrets import mask_text
-from .entries import AuditEntry, Outcome, Source, capped
+from .entries import ActionEntry, ActionOutcome, AuditEntry, Outcome, Source, capped
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,23 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX dispatches_outcome_at ON dispatches (outcome, at)",
         "CREATE INDEX dispatches_task_id ON dispatches (task_id) WHERE task_id IS NOT NULL",
     ),
+    (
+        """CREATE TABLE actions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            who TEXT NOT NULL,
+            source TEXT NOT NULL,
+            remote_addr TEXT,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT
+        )""",
+        "CREATE INDEX actions_at ON actions (at)",
+        "CREATE INDEX actions_action_at ON actions (action, at)",
+        "CREATE INDEX actions_target_at ON actions (target, at)",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -71,6 +88,11 @@ _COLUMNS: Final = ("id", "at", "who", "source", "remote_addr", "name", "args", "
                    "forced", "outcome", "task_id", "error")
 _INSERT: Final = f"INSERT INTO dispatches ({', '.join(_COLUMNS[1:])}) VALUES ({', '.join('?' * len(_COLUMNS[1:]))})"
 _SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM dispatches"
+_ACTION_COLUMNS: Final = ("id", "at", "who", "source", "remote_addr", "action", "target", "detail", "outcome",
+                          "error")
+_INSERT_ACTION: Final = (f"INSERT INTO actions ({', '.join(_ACTION_COLUMNS[1:])}) "
+                         f"VALUES ({', '.join('?' * len(_ACTION_COLUMNS[1:]))})")
+_SELECT_ACTIONS: Final = f"SELECT {', '.join(_ACTION_COLUMNS)} FROM actions"
 
 
 class AuditUnavailable(DashboardError):
@@ -107,6 +129,19 @@ def _entry(row: tuple[Any, ...]) -> AuditEntry:
         kwargs=kwargs, options=options, queue=queue, forced=bool(forced), outcome=cast(Outcome, outcome),
         task_id=task_id, error=error, id=int(id_),
     )
+
+
+def _action_row(entry: ActionEntry) -> tuple[Any, ...]:
+    return (float(entry.at), capped(entry.who), capped(entry.source), _optional(entry.remote_addr),
+            capped(entry.action), capped(entry.target), capped(entry.detail), capped(entry.outcome),
+            _optional(entry.error))
+
+
+def _action(row: tuple[Any, ...]) -> ActionEntry:
+    id_, at, who, source, remote_addr, action, target, detail, outcome, error = row
+    return ActionEntry(at=float(at), who=who, source=cast(Source, source), remote_addr=remote_addr, action=action,
+                       target=target, detail=detail, outcome=cast(ActionOutcome, outcome), error=error,
+                       id=int(id_))
 
 
 class AuditLog:
@@ -146,6 +181,72 @@ class AuditLog:
             log.exception("audit: could not record the %s dispatch of %r (%d failed so far)",
                           entry.outcome, entry.name[:200], count)
         return None
+
+    def record_action(self, entry: ActionEntry) -> int | None:
+        """Write one operator action and return its id; on failure log it, count it and return None (never
+        raises: the action already happened, or was refused, whatever the log can do)."""
+        try:
+            row = _action_row(entry)
+            with self._lock:
+                return self._connection().execute(_INSERT_ACTION, row).lastrowid
+        except (AuditUnavailable, sqlite3.Error, OSError) as exc:
+            count = self._count_failure()
+            log.error("audit: could not record the action %s on %r (%s) by %s (%d failed so far): %s",
+                      entry.action[:100], entry.target[:200], entry.outcome, entry.who[:200], count,
+                      mask_text(str(exc)))
+        except Exception:
+            count = self._count_failure()
+            log.exception("audit: could not record the action %s (%d failed so far)", entry.action[:100], count)
+        return None
+
+    def actions(
+        self,
+        action: str | None = None,
+        target: str | None = None,
+        who: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[ActionEntry], int]:
+        """Operator actions matching every given filter (exact values; `action` may end in ".*" for a family,
+        like "queue.*"), newest first, and their total. ValueError / AuditUnavailable as `query`."""
+        if not 1 <= limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_QUERY_LIMIT}")
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        clauses: list[str] = []
+        params: list[Any] = []
+        if action is not None and action.endswith(".*"):
+            clauses.append("substr(action, 1, ?) = ?")
+            params += [len(action) - 1, capped(action[:-1])]
+        elif action is not None:
+            clauses.append("action = ?")
+            params.append(capped(action))
+        for column, value in (("target", target), ("who", who)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(capped(value))
+        if since is not None:
+            clauses.append("at >= ?")
+            params.append(float(since))
+        if until is not None:
+            clauses.append("at < ?")
+            params.append(float(until))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        try:
+            with self._lock:
+                conn = self._connection()
+                conn.execute("BEGIN")
+                try:
+                    total = int(conn.execute(f"SELECT count(*) FROM actions{where}", params).fetchone()[0])
+                    rows = conn.execute(f"{_SELECT_ACTIONS}{where} ORDER BY at DESC, id DESC LIMIT ? OFFSET ?",
+                                        [*params, limit, offset]).fetchall()
+                finally:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be read: {exc}")) from None
+        return [_action(tuple(row)) for row in rows], total
 
     def count_failure(self) -> int:
         """Count an entry that never reached `record` (it could not be built); the new total."""
@@ -211,12 +312,17 @@ class AuditLog:
         try:
             while True:
                 with self._lock:
-                    cursor = self._connection().execute(
+                    conn = self._connection()
+                    cursor = conn.execute(
                         "DELETE FROM dispatches WHERE id IN (SELECT id FROM dispatches WHERE at < ? LIMIT ?)",
                         (float(older_than), PRUNE_BATCH),
                     )
-                removed += max(cursor.rowcount, 0)
-                if cursor.rowcount < PRUNE_BATCH:
+                    acted = conn.execute(
+                        "DELETE FROM actions WHERE id IN (SELECT id FROM actions WHERE at < ? LIMIT ?)",
+                        (float(older_than), PRUNE_BATCH),
+                    )
+                removed += max(cursor.rowcount, 0) + max(acted.rowcount, 0)
+                if cursor.rowcount < PRUNE_BATCH and acted.rowcount < PRUNE_BATCH:
                     break
         except (AuditUnavailable, sqlite3.Error, OSError) as exc:
             log.error("audit: pruning %s failed after %d entries: %s", self.path, removed, mask_text(str(exc)))
