@@ -15,6 +15,7 @@ from flask import Flask
 
 from .config import MAX_BODY_BYTES, Config, load_config
 from .exceptions import ConfigError
+from .model.series import QueueSample
 from .model.state import State
 from .resources import resource_dir
 from .services.audit import DAY, PRUNE_EVERY, AuditLog
@@ -29,6 +30,7 @@ from .services.events.resync import Resync
 from .services.events.sink import EventSink
 from .services.events.stats import TaskStats
 from .services.events.stream import StreamLog
+from .services.history import History, HistoryWriter, open_store
 from .services.inspection import WorkerInspector
 from .services.render_cache import RenderCache
 from .services.routing import RoutingService
@@ -101,23 +103,29 @@ def build_services(
     routing = RoutingService(client, state, hub, stream, inspector, _broker(config, settings),
                              [spec.name for spec in config.catalog], grace=config.monitor.alert_grace,
                              inspect_interval=config.monitor.inspect_interval, clock=clock)
-    sink = EventSink(state, hub, hooks=(routing.note_event, stats.note_event), on_worker_change=bell.ring)
+    history = _history(config, state, hub, stream, clock)
+    hooks = (routing.note_event, stats.note_event, *((history.writer.note_event,) if history else ()))
+    sink = EventSink(state, hub, hooks=hooks, on_worker_change=bell.ring)
     results = client.result_state if settings.result_backend else None
     resync = Resync(sink, stream, inspector, results)
     if isinstance(audit, _FromConfig):
         audit = AuditLog(config.audit_path) if config.audit_path else None  # opened on the first dispatch
         log.info("audit log: %s", config.audit_path or "off")
     job_list = [*routing.jobs(), resync.job()]
+    if history is not None:
+        job_list.append(history.writer.sampling_job(lambda: _queue_samples(routing, clock()),
+                                                    config.monitor.inspect_interval))
     if audit is not None and config.audit_retention_days:
         job_list.append(_audit_retention(audit, config.audit_retention_days))
     jobs = Jobs(job_list, bell)
-    monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control, clock=clock)
+    monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control,
+                      background=(history.writer,) if history is not None else (), clock=clock)
     return Services(
         config=config, client=client, state=state, hub=hub, stream=stream, monitor=monitor, routing=routing,
         resync=resync, stats=stats, audit=audit, dispatcher=Dispatcher(client, routing, audit, stats, sink),
         revocations=(SessionRevocations(settings.broker_url, settings.result_backend) if config.auth.enabled
                      else SessionRevocations()),
-        rendered=RenderCache(), live=live,
+        rendered=RenderCache(), history=history, live=live,
     )
 
 
@@ -126,6 +134,30 @@ def client_control_app(settings: ClientSettings) -> Celery:
     from .services.client import build_send_only_app
 
     return build_send_only_app(settings)
+
+
+def _history(config: Config, state: State, hub: Hub, stream: StreamLog, clock: Callable[[], float]) -> History | None:
+    """Task history, when [history] url names a store (the writer's thread starts with the monitor's)."""
+    settings = config.history
+    if not settings.enabled:
+        log.info("history: off")
+        return None
+    store = open_store(settings.url)
+    log.info("history: %s", store.shown)
+    writer = HistoryWriter(
+        store, state, flush_interval=settings.flush_interval, retention_days=settings.retention_days,
+        max_tasks=settings.max_tasks, on_restored=hub.resync_all, on_downtime=stream.downtime,
+        on_status=lambda: hub.publish("status", "history"), clock=clock,
+    )
+    return History(store, writer, state, clock)
+
+
+def _queue_samples(routing: RoutingService, now: float) -> list[QueueSample]:
+    """Each queue's depth and consumers at the latest comparison (none before the first)."""
+    report = routing.report
+    if report is None:
+        return []
+    return [QueueSample(now, queue.name, queue.depth, len(queue.consumers)) for queue in report.queues]
 
 
 def _broker(config: Config, settings: ClientSettings) -> BrokerInspector | None:

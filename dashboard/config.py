@@ -30,11 +30,14 @@ ENV_BACKEND = "CELERY_RESULT_BACKEND"
 ENV_SECRET = "DASHBOARD_SECRET_KEY"
 ENV_AUDIT_PATH = "DASHBOARD_AUDIT_PATH"
 ENV_ALLOWED_HOSTS = "DASHBOARD_ALLOWED_HOSTS"
+ENV_HISTORY_URL = "DASHBOARD_HISTORY_URL"
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 MAX_BODY_BYTES = 1024 * 1024  # a request body is small; anything larger is refused with 413
 APP_DIR = "dispatch-dashboard"  # under the XDG state directory: where the dashboard keeps its files
 AUDIT_FILE_NAME = "audit.sqlite3"
+HISTORY_FILE_NAME = "history.sqlite3"
+HISTORY_KEYS = frozenset({"url", "retention_days", "max_tasks", "flush_interval"})
 MAX_TRUSTED_PROXIES = 5
 MAX_RETENTION_DAYS = 36_500
 AUDIT_KEYS = frozenset({"path", "retention_days"})
@@ -42,7 +45,8 @@ SERVER_KEYS = frozenset({"allowed_hosts", "max_websockets", "max_websockets_per_
 ROUTE_KEYS = frozenset({"queue", "exchange", "exchange_type", "routing_key", "priority"})
 TOP_LEVEL_KEYS = frozenset(
     {"broker_url", "result_backend", "task_default_queue", "routes", "tasks", "monitor", "client_app",
-     "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit", "trusted_proxies", "server"}
+     "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit", "trusted_proxies", "server",
+     "history"}
 )
 
 
@@ -65,6 +69,21 @@ class ServerSettings:
     request_timeout: float = 10.0  # seconds a client has to send a whole request (head and body)
 
 
+@dataclass(frozen=True, slots=True)
+class HistorySettings:
+    """The [history] table: where task history is kept and for how long."""
+
+    url: str = ""  # a SQLite file (path or sqlite:///path) or postgresql://...; "": history off
+    retention_days: float | None = 30.0  # tasks first seen longer ago are deleted; None: kept for ever
+    max_tasks: int | None = 1_000_000  # at most this many tasks are kept (the oldest go first); None: no cap
+    flush_interval: float = 0.25  # seconds between group commits
+
+    @property
+    def enabled(self) -> bool:
+        """True when history is kept."""
+        return bool(self.url)
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the dashboard needs to know, checked once at start-up."""
@@ -85,6 +104,7 @@ class Config:
     audit_retention_days: float | None = None  # audit entries older than this are deleted; None: kept for ever
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Prefix are believed
     server: ServerSettings = field(default_factory=ServerSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
 
 
 def load_config(
@@ -168,6 +188,7 @@ def config_from_mapping(
         audit_retention_days=audit_retention_days,
         trusted_proxies=proxies,
         server=_server(data.get("server", {}), env, fail),
+        history=_history(data.get("history", {}), env, fail),
     )
 
 
@@ -233,6 +254,39 @@ def _audit(raw: Any, env: Mapping[str, str], fail: Any) -> tuple[str, float | No
         raise fail(f"[audit] retention_days must be a number of days between 0 (keep for ever) and "
                    f"{MAX_RETENTION_DAYS}")
     return path, (float(days) if days else None)
+
+
+def _history(raw: Any, env: Mapping[str, str], fail: Any) -> HistorySettings:
+    """The [history] table. url: $DASHBOARD_HISTORY_URL, else [history] url, else a SQLite file in the state
+    directory ("" turns history off; off too when no state directory is known)."""
+    if not isinstance(raw, dict):
+        raise fail("[history] must be a table")
+    extra = sorted(set(raw) - HISTORY_KEYS)
+    if extra:
+        raise fail(f"[history]: unknown key(s) {', '.join(extra)}; use {', '.join(sorted(HISTORY_KEYS))}")
+    url = raw.get("url")
+    if url is not None and not isinstance(url, str):
+        raise fail("[history] url must be a string")
+    url = env.get(ENV_HISTORY_URL, url)
+    if url is None:
+        directory = state_dir(env)
+        url = str(directory / HISTORY_FILE_NAME) if directory is not None else ""
+    url = url.strip()
+    if url and not (url.startswith(("sqlite:///", "postgresql://", "postgres://")) or os.path.isabs(url)):
+        raise fail("[history] url must be an absolute file path, sqlite:///absolute/path or "
+                   "postgresql://user@host/database (\"\" turns history off)")
+    defaults = HistorySettings()
+    days = raw.get("retention_days", defaults.retention_days)
+    if not number_in(days, 0, MAX_RETENTION_DAYS):
+        raise fail(f"[history] retention_days must be a number of days from 0 (keep for ever) to "
+                   f"{MAX_RETENTION_DAYS}")
+    max_tasks = raw.get("max_tasks", defaults.max_tasks)
+    if not number_in(max_tasks, 0, 1_000_000_000, whole=True):
+        raise fail("[history] max_tasks must be a whole number from 0 (no cap) to 1000000000")
+    flush = raw.get("flush_interval", defaults.flush_interval)
+    if not number_in(flush, 0.01, 10):
+        raise fail("[history] flush_interval must be a number of seconds from 0.01 to 10")
+    return HistorySettings(url, float(days) if days else None, max_tasks or None, float(flush))
 
 
 def state_dir(environ: Mapping[str, str]) -> Path | None:

@@ -22,6 +22,8 @@ from .tasks import (
     TaskRecord,
     TaskUpdater,
     TaskView,
+    first_timestamp,
+    record_from_view,
     task_view,
 )
 from .workers import WORKER_EVENT_TYPES, WorkerRecord, WorkerView, worker_view
@@ -132,6 +134,34 @@ class State:
             if kind in WORKER_EVENT_TYPES:
                 return self._apply_worker(kind, event)
         return None
+
+    def restore(self, views: Iterable[TaskView]) -> list[str]:
+        """Take back stored tasks (a warm restart), given newest first: each goes *before* every task already
+        here, so call it with successively older batches. Tasks already here (events came first) are kept as
+        they are; restoring stops once the state is full. Returns the ids restored."""
+        restored: list[str] = []
+        with self._lock:
+            for view in views:
+                if len(self._order) >= self._max_tasks:
+                    break
+                if view.id in self._tasks:
+                    continue
+                task = record_from_view(view, self._intern, self._hosts, self._updater.text_cap,
+                                        self._updater.timeline_cap)
+                self._tasks[task.id] = task
+                self._order.appendleft(task)
+                self._by_state[task.state] = self._by_state.get(task.state, 0) + 1
+                _recount(self._by_name, None, task.name)
+                _recount(self._by_queue, None, task.queue)
+                _recount(self._by_worker, None, task.worker)
+                link(self._children, task.parent_id, task.id)
+                restored.append(task.id)
+        return restored
+
+    @property
+    def full(self) -> bool:
+        """True when the state holds max_tasks tasks (restoring more would evict newer ones)."""
+        return len(self._order) >= self._max_tasks
 
     def update_worker_inspection(
         self,
@@ -332,16 +362,7 @@ class State:
         pass and a sort over the matches (call under the lock); tasks without the value come last."""
         checks = [(attrgetter(attribute), values) for attribute, values, _counts in given]
         matching = [task for task in self._order if all(read(task) in values for read, values in checks)]
-        key = sort.removeprefix("-")
-        descending = sort.startswith("-")
-        if key == "seen":
-            ordered = list(reversed(matching)) if descending else matching
-        else:
-            read = attrgetter(SORT_KEYS[key])
-            present = [task for task in matching if read(task) is not None]
-            present.sort(key=read, reverse=descending)
-            ordered = present + [task for task in matching if read(task) is None]
-        return ordered[offset : offset + limit], len(matching)
+        return _ordered(matching, sort)[offset : offset + limit], len(matching)
 
     def _matching_page(
         self, given: list[tuple[str, frozenset[str], dict[str, int]]], limit: int, offset: int,
@@ -364,6 +385,30 @@ class State:
                     page.append(task)
                 total += 1
         return page, total
+
+    def search(self, matches: Callable[[TaskRecord, float | None], bool], limit: int = 50, offset: int = 0,
+               sort: str = DEFAULT_SORT, *, needs_time: bool = False) -> tuple[list[TaskView], int]:
+        """One page of the tasks `matches(record, first sighting)` accepts (the first sighting is None unless
+        `needs_time`), in a SORT_KEYS order, and how many match: a search over what memory holds."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        if sort.removeprefix("-") not in SORT_KEYS:
+            raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}, with - for descending")
+        with self._lock:
+            if sort == DEFAULT_SORT:
+                page: list[TaskRecord] = []
+                total = 0
+                end = offset + limit
+                for task in reversed(self._order):
+                    if matches(task, _first_seen(task) if needs_time else None):
+                        if offset <= total < end:
+                            page.append(task)
+                        total += 1
+            else:
+                matching = [task for task in self._order
+                            if matches(task, _first_seen(task) if needs_time else None)]
+                page, total = _ordered(matching, sort)[offset : offset + limit], len(matching)
+            return [task_view(task, self._hosts) for task in page], total
 
     def worker(self, hostname: str) -> WorkerView | None:
         """Return a snapshot of one worker, or None if unknown."""
@@ -398,6 +443,23 @@ class State:
         """Return how many events of each type were applied or ignored."""
         with self._lock:
             return dict(self._events)
+
+
+def _ordered(matching: list[TaskRecord], sort: str) -> list[TaskRecord]:
+    """Tasks in first-sighting order, sorted by a SORT_KEYS order; tasks without the value come last."""
+    key = sort.removeprefix("-")
+    descending = sort.startswith("-")
+    if key == "seen":
+        return list(reversed(matching)) if descending else matching
+    read = attrgetter(SORT_KEYS[key])
+    present = [task for task in matching if read(task) is not None]
+    present.sort(key=read, reverse=descending)
+    return present + [task for task in matching if read(task) is None]
+
+
+def _first_seen(task: TaskRecord) -> float | None:
+    """The task's earliest timeline entry."""
+    return first_timestamp(task.timeline)
 
 
 def _recount(counts: dict[str, int], old: str | None, new: str | None) -> None:

@@ -373,6 +373,38 @@ def _derived(code: int, task: TaskRecord) -> str | None:
     return None
 
 
+def first_timestamp(timeline: bytes) -> float | None:
+    """The earliest entry's time in a packed timeline (None when empty)."""
+    return _ENTRY.unpack_from(timeline)[0] if timeline else None
+
+
+def record_from_view(view: TaskView, intern: Interner, hosts: HostTable, text_cap: int,
+                     timeline_cap: int) -> TaskRecord:
+    """A record rebuilt from a stored snapshot (a warm restart): the inverse of task_view, notes that the record's
+    own fields would derive again left out."""
+    timeline = view.timeline[-timeline_cap:] if len(view.timeline) > timeline_cap else view.timeline
+    last = timeline[-1].timestamp if timeline else 0.0
+    task = TaskRecord(view.id, view.state, last)
+    task.name = intern(view.name)
+    task.queue, task.exchange, task.routing_key = intern(view.queue), intern(view.exchange), intern(view.routing_key)
+    task.worker = intern(view.worker)
+    task.args, task.kwargs = clip(view.args, text_cap), clip(view.kwargs, text_cap)
+    task.result, task.exception = clip(view.result, text_cap), clip(view.exception, text_cap)
+    task.traceback = clip(view.traceback, text_cap)
+    task.runtime, task.retries = view.runtime, view.retries
+    task.eta, task.expires = view.eta, view.expires
+    task.root_id = task.id if view.root_id == view.id else view.root_id
+    task.parent_id = view.parent_id
+    task.not_registered = view.not_registered
+    codes = [(entry, TASK_EVENT_CODES.get(entry.type)) for entry in timeline]
+    task.timeline = b"".join(_ENTRY.pack(entry.timestamp, code, hosts.index(intern(entry.hostname)))
+                             for entry, code in codes if code is not None)
+    task.details = tuple((entry.timestamp, code, entry.detail) for entry, code in codes
+                         if code is not None and entry.detail and entry.detail != _derived(code, task))
+    task.version = 1
+    return task
+
+
 def task_view(task: TaskRecord, hosts: HostTable) -> TaskView:
     """Return an immutable snapshot of task (call under the owner's lock)."""
     notes = {(ts, code): text for ts, code, text in task.details}

@@ -18,8 +18,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from celery import Celery
 
@@ -38,6 +38,18 @@ WORKER_CHECK_SECONDS = 0.5  # how often heartbeats are checked for overdue worke
 ENABLE_EVENTS_EVERY = 30.0  # seconds between enable_events broadcasts (and once right after each connect)
 
 
+class Background(Protocol):
+    """A thread of its own that runs beside the monitor's (the history writer): started and stopped with them."""
+
+    def start(self) -> None:
+        """Start the thread."""
+        ...
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop it, within about `timeout`."""
+        ...
+
+
 class Monitor:
     """Celery events -> sink (State, Hub, hooks), the stream's status and gaps, the offline ticker and the jobs."""
 
@@ -50,9 +62,11 @@ class Monitor:
         *,
         listener_app: Celery | None = None,
         control_app: Celery | None = None,
+        background: Sequence[Background] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.background = tuple(background)
         self.sink = sink
         self.stream = stream
         self.jobs = jobs
@@ -138,6 +152,8 @@ class Monitor:
                 self._ticker.start()
                 self._jobs_thread = threading.Thread(target=self._jobs_loop, name="dashboard-jobs", daemon=True)
                 self._jobs_thread.start()
+                for part in self.background:
+                    part.start()
             except Exception:
                 self._stop.set()  # whatever did start winds down; a later start() may try again
                 raise
@@ -158,6 +174,9 @@ class Monitor:
         for thread in (self._ticker, self._jobs_thread):
             if thread is not None:
                 thread.join(timeout)
+        if self._started_pid is not None:
+            for part in self.background:
+                part.stop(timeout)
         with self._lock:
             self._started_pid = None
 

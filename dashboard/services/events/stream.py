@@ -88,6 +88,16 @@ class StreamLog:
                 return True
             return False
 
+    def downtime(self, started: float) -> None:
+        """The dashboard itself was down since `started` (the newest change history holds): a gap like any other,
+        closed at once when the stream is already live, else when it connects; the resync job recovers it."""
+        with self._lock:
+            now = self.clock()
+            self.gaps_total += 1
+            self._gaps.append(Gap(min(started, now), now if self._was_live else None,
+                                  "the dashboard was not running", detected=now))
+            del self._gaps[:-MAX_GAPS]
+
     def unresynced_gap(self) -> int | None:
         """The number (gaps_total) of the latest gap when it has closed and not been resynced yet, else None."""
         with self._lock:
