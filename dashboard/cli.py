@@ -192,7 +192,8 @@ def demo(host: str, port: int, redis_port: int, config_file: str | None, server_
         click.echo(f"demo: redis-server {redis.version or ''} on port {redis.port} (pid {redis.pid})")
         # Everything a demo keeps lives in its own temporary directory: another run's audit entries never show.
         env = {"CELERY_BROKER_URL": broker_url, "CELERY_RESULT_BACKEND": backend_url,
-               "DASHBOARD_AUDIT_PATH": str(workdir / "audit.sqlite3")}
+               "DASHBOARD_AUDIT_PATH": str(workdir / "audit.sqlite3"),
+               "DASHBOARD_HISTORY_URL": str(workdir / "history.sqlite3")}
         try:
             worker = stack.enter_context(
                 CeleryWorker(broker_url=broker_url, backend_url=backend_url, queues=("stt", "llm", "default"),

@@ -23,6 +23,16 @@ STUB_QUEUES: tuple[str, ...] = ("stt", "llm", "default")
 WorkerFactory = Callable[..., CeleryWorker]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The dashboard's state directory (audit log, history) for this session: never the user's own, and never
+    another session's, for every app and subprocess that reads the environment."""
+    directory = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(directory))
+        yield directory
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A redis-server of our own on a free port, with its directory and log under the session's tmp dir."""

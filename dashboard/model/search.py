@@ -36,8 +36,8 @@ TextField = Literal["args", "kwargs", "result", "exception", "traceback"]
 VALUE_KEYS: Final = ("name", "state", "queue", "worker", "id")
 TIME_KEYS: Final = ("since", "until")
 KEYS: Final = (*VALUE_KEYS, *TIME_KEYS, *TEXT_FIELDS)
-#: Orders of a search: first sighting (newest first by default) or runtime.
-SEARCH_SORTS: Final = ("-seen", "seen", "-runtime", "runtime")
+#: Orders of a search: first sighting (newest first by default), runtime, name or state.
+SEARCH_SORTS: Final = ("-seen", "seen", "-runtime", "runtime", "-name", "name", "-state", "state")
 _UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _TOKEN: Final = re.compile(r'(-?)(?:([A-Za-z_]+):)?(?:"([^"]*)"|(\S+))')
@@ -278,9 +278,9 @@ def _has_word_prefix(text: str, word: str) -> bool:
     return any(candidate.startswith(word) for candidate in words(text))
 
 
-def sort_order(sort: str) -> tuple[Literal["seen", "runtime"], bool]:
+def sort_order(sort: str) -> tuple[str, bool]:
     """(column, descending) for a SEARCH_SORTS value; SearchError otherwise."""
     if sort not in SEARCH_SORTS:
         raise SearchError(f"sort: must be one of {', '.join(SEARCH_SORTS)}")
-    return ("runtime" if sort.endswith("runtime") else "seen"), sort.startswith("-")
+    return sort.removeprefix("-"), sort.startswith("-")
 

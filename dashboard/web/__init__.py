@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ..services.container import Services
-from . import api, audit, auth, errors, live, metrics, openapi, pages, security
+from . import api, audit, auth, errors, history, live, metrics, openapi, pages, security
 from .context import SERVICES_KEY
 
 __all__ = ["SERVICES_KEY", "register"]
@@ -19,6 +19,7 @@ def register(app: Flask, services: Services) -> None:
     app.register_blueprint(live.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(history.bp)
     app.register_blueprint(openapi.bp)
     errors.register(app)
     security.register(app)

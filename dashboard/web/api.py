@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
 
 from ..exceptions import DispatchRefused, RoutingError
 from ..model.dispatch import DispatchInvalid, parse_api_body
+from ..model.search import first_seen, parse_query
 from ..model.secrets import mask_text
+from ..model.state import TaskView
+from ..services.history import HistoryUnavailable
 from . import views
 from .audit import record_invalid, request_origin
 from .context import now, services
+from .history import history_status
 from .live import status_message
+from .query import int_arg
 
 bp = Blueprint("api", __name__)
 
@@ -97,22 +107,91 @@ def catalog() -> Response:
 
 @bp.get("/api/tasks")
 def tasks() -> tuple[Response, int]:
-    """Retained tasks, newest first (or ?sort=): ?state=&name=&queue=&worker=&limit=(1-1000, 50)&offset=."""
+    """Tasks, newest first (or ?sort=): ?q= searches (history when kept, else memory); ?state=&name=&queue=
+    &worker= filter memory; &limit=(1-1000, 50)&offset=."""
     try:
         filters = views.TaskFilters.from_args(request.args)
     except views.FilterError as exc:
         return _bad_request(str(exc))
-    found, total = services().monitor.state.tasks(
-        filters.state, filters.name, filters.queue, filters.worker, filters.limit, filters.offset, filters.sort
-    )
-    return jsonify(tasks=[task.to_dict() for task in found], total=total, limit=filters.limit,
-                   offset=filters.offset), 200
+    try:
+        page = views.task_page(services(), filters)
+    except HistoryUnavailable as exc:
+        return jsonify(error=str(exc)), 503
+    return jsonify(tasks=[task.to_dict() for task in page.tasks], total=page.total, limit=filters.limit,
+                   offset=filters.offset, capped=page.capped, source=page.source), 200
+
+
+EXPORT_FORMATS = ("csv", "ndjson")
+EXPORT_PAGE = 1000
+EXPORT_MAX = 1_000_000
+EXPORT_COLUMNS = ("id", "name", "state", "queue", "worker", "first_seen", "runtime", "retries", "args", "kwargs",
+                  "result", "exception", "root_id", "parent_id")
+
+
+@bp.get("/api/tasks/export")
+def export_tasks() -> Response | tuple[Response, int]:
+    """The tasks a search finds, as CSV or NDJSON, streamed: ?q=&format=csv|ndjson&sort=&limit=(at most 1000000,
+    default 100000)."""
+    fmt = (request.args.get("format") or "ndjson").strip().lower()
+    if fmt not in EXPORT_FORMATS:
+        return _bad_request(f"format: must be one of {', '.join(EXPORT_FORMATS)}")
+    try:
+        limit = int_arg(request.args, "limit", 100_000, 1, EXPORT_MAX, views.FilterError)
+        filters = views.TaskFilters.from_args({**request.args, "limit": str(EXPORT_PAGE), "offset": "0"})
+    except views.FilterError as exc:
+        return _bad_request(str(exc))
+    if filters.search is None:
+        filters = dataclasses.replace(filters, q="", search=parse_query("", time.time()))
+    svc = services()
+    try:
+        first = views.task_page(svc, filters)
+    except HistoryUnavailable as exc:
+        return jsonify(error=str(exc)), 503
+
+    def pages() -> Iterator[list[TaskView]]:
+        page, offset = first, 0
+        while True:
+            yield page.tasks[: max(limit - offset, 0)]
+            offset += len(page.tasks)
+            if len(page.tasks) < EXPORT_PAGE or offset >= limit:
+                return
+            page = views.task_page(svc, dataclasses.replace(filters, offset=offset))
+
+    def csv_lines() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(EXPORT_COLUMNS)
+        for page in pages():
+            for task in page:
+                writer.writerow([_export_value(task, column) for column in EXPORT_COLUMNS])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+
+    def ndjson_lines() -> Iterator[str]:
+        for page in pages():
+            yield "".join(json.dumps(task.to_dict(), ensure_ascii=False) + "\n" for task in page)
+
+    mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    body = stream_with_context(csv_lines() if fmt == "csv" else ndjson_lines())
+    response = Response(body, mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="tasks.{fmt}"'
+    return response
+
+
+def _export_value(task: TaskView, column: str) -> Any:
+    if column == "first_seen":
+        return first_seen(task)
+    value = getattr(task, column)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value  # a spreadsheet must not run a task's text as a formula
+    return value
 
 
 @bp.get("/api/tasks/<path:task_id>", merge_slashes=False)
 def task(task_id: str) -> tuple[Response, int]:
-    """One retained task with its timeline; 404 when it was never seen or has been evicted."""
-    found = services().monitor.state.task(task_id)
+    """One task with its timeline, from memory, else from history; 404 when never seen (or pruned)."""
+    found = views.find_task(services(), task_id[:255])
     if found is None:
         return jsonify(error=f"no task with id {task_id[:255]!r} is retained (never seen, or evicted)"), 404
     return jsonify(found.to_dict()), 200
@@ -130,7 +209,7 @@ def status() -> Response:
     svc = services()
     body = status_message(svc)
     body.pop("type")
-    return jsonify(**body, counts=svc.monitor.state.counts().to_dict())
+    return jsonify(**body, counts=svc.monitor.state.counts().to_dict(), history=history_status(svc))
 
 
 @bp.get("/api/routing")

@@ -229,6 +229,8 @@ def tasks_update(svc: Services, filters: views.TaskFilters, shown: set[str], bat
     if batch.get("worker"):
         parts.append(views.workers_fragment(svc))
     changed = batch.get("task")
+    if changed and filters.search is not None and not _touches_search(svc, filters, shown, changed):
+        changed = []  # nothing shown changed and nothing new matches: the search is not run again
     if changed:
         unseen = any(key not in shown for key in changed)
         if filters.active or filters.sorted or (unseen and filters.offset == 0):
@@ -240,6 +242,14 @@ def tasks_update(svc: Services, filters: views.TaskFilters, shown: set[str], bat
             rows += cached_tasks(svc, (key for key in changed if key in shown), views.row_kind(oob=True),
                                  views.task_row_fragment)
     return ["".join(parts), "".join(rows)]
+
+
+def _touches_search(svc: Services, filters: views.TaskFilters, shown: set[str], changed: list[str]) -> bool:
+    """Whether a changed task is on the page, or matches the search (a new match appears on the open page)."""
+    if any(key in shown for key in changed):
+        return True
+    query = filters.search
+    return query is not None and any(query.matches(task) for task in svc.state.tasks_by_id(changed))
 
 
 def _table(svc: Services, filters: views.TaskFilters, shown: set[str]) -> str:

@@ -19,6 +19,7 @@ from ..services.container import Services
 from ..services.events.monitor import Monitor
 from ..services.events.stats import RUNTIME_BUCKETS
 from .context import services
+from .history import history_metrics
 
 bp = Blueprint("metrics", __name__)
 
@@ -130,7 +131,7 @@ def registry_for(app: Flask) -> CollectorRegistry:
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
         svc = services()
-        registry.register(MonitorCollector(svc.monitor, [runtime_metrics(svc)]))
+        registry.register(MonitorCollector(svc.monitor, [runtime_metrics(svc), lambda: history_metrics(svc)]))
         extensions[_REGISTRY_KEY] = registry
     return registry
 

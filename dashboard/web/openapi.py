@@ -14,6 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ..config import MAX_BODY_BYTES
 from ..model.dispatch import OUTCOMES
+from ..model.search import MAX_QUERY_CHARS, SEARCH_SORTS
 from ..model.state import SORT_KEYS
 from ..model.state.tasks import EVENT_STATES
 from ..services.audit import MAX_QUERY_LIMIT
@@ -71,8 +72,12 @@ def _paths() -> Schema:
         "/api/catalog": get("getCatalog", "dispatch", "The catalog's tasks, their params and queues",
                             json_body(ref_to("Catalog"), "The catalog")),
         "/api/tasks": get(
-            "listTasks", "tasks", "Retained tasks, newest first", json_body(ref_to("TaskPage"), "One page"),
+            "listTasks", "tasks", "Tasks, newest first: a search (history when kept), or filters over memory",
+            json_body(ref_to("TaskPage"), "One page"),
             parameters=[
+                filter_param("q", MAX_QUERY_CHARS, "A search: name:acme.* state:FAILURE worker: queue: id: since:1h "
+                                                   "until: args: kwargs: result: exception: traceback: "
+                                                   '"free text" (see the README)'),
                 query_param("state", {"enum": list(EVENT_STATES)}, "Only tasks in this state (case-insensitive)"),
                 filter_param("name", 255, "Task name, or a part of names when no task has exactly that name"),
                 filter_param("queue", 255, "Queue"), filter_param("worker", 255, "Worker hostname"),
@@ -81,10 +86,40 @@ def _paths() -> Schema:
                             "(default -seen: newest first)"),
                 *paging_params(views.PAGE_SIZE, TASKS_MAX_LIMIT, query.MAX_OFFSET),
             ],
-            responses={"400": error_answer("A filter or paging parameter cannot be used")},
+            responses={"400": error_answer("A filter, a search or a paging parameter cannot be used"),
+                       "503": error_answer("History cannot be read now")},
+        ),
+        "/api/tasks/export": {"get": {
+            "operationId": "exportTasks", "tags": ["tasks"], "summary": "A search's matches as CSV or NDJSON",
+            "parameters": [
+                filter_param("q", MAX_QUERY_CHARS, "A search, as for /api/tasks (empty: every task)"),
+                query_param("format", {"enum": ["csv", "ndjson"]}, "csv or ndjson (default)"),
+                query_param("sort", {"enum": list(SEARCH_SORTS)}, "Order, as for /api/tasks"),
+                query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                            "At most this many tasks (default 100000)"),
+            ],
+            "responses": {
+                "200": {"description": "The matches, streamed",
+                        "content": {"text/csv": {"schema": STRING}, "application/x-ndjson": {"schema": STRING}}},
+                "400": error_answer("A parameter or the search cannot be used"),
+                "503": error_answer("History cannot be read now"),
+                **read_401,
+            },
+        }},
+        "/api/stats": get(
+            "getStats", "tasks", "Series per task name and per queue over the last hour, day or week",
+            json_body(ref_to("Stats"), "The series"),
+            parameters=[
+                query_param("window", {"enum": ["hour", "day", "week"]}, "The window (default hour)"),
+                filter_param("name", 255, "Only this task name (repeatable)"),
+                filter_param("queue", 255, "Only this queue (repeatable)"),
+            ],
+            responses={"400": error_answer("A parameter cannot be used"), "404": error_answer("History is off"),
+                       "503": error_answer("History cannot be read now")},
         ),
         "/api/tasks/{task_id}": get(
-            "getTask", "tasks", "One retained task with its timeline", json_body(ref_to("Task"), "The task"),
+            "getTask", "tasks", "One task with its timeline, from memory or history",
+            json_body(ref_to("Task"), "The task"),
             parameters=[path_param("task_id", "The task id ('/' allowed after the first character)", EXAMPLE_TASK_ID)],
             responses={"404": error_answer("Never seen or evicted, or an id the route cannot match (see task_id)")},
         ),

@@ -186,7 +186,10 @@ def schemas() -> Schema:
             "timeline": array_of(ref_to("TimelineEntry")),
         }, description="A task as the events describe it; args, kwargs and result are the events' text, clipped"),
         "TaskPage": object_of({"tasks": array_of(ref_to("Task")), "total": INTEGER, "limit": INTEGER,
-                               "offset": INTEGER}),
+                               "offset": INTEGER,
+                               "capped": {"type": "boolean",
+                                          "description": "total is a lower bound: a search stops counting there"},
+                               "source": {"enum": ["memory", "history"]}}),
         "Worker": object_of({
             "hostname": STRING, "status": {"enum": ["online", "offline"]},
             "last_heartbeat": OPT_NUMBER, "heartbeat_expires": OPT_NUMBER, "freq": NUMBER, "pid": OPT_INTEGER,
@@ -213,7 +216,10 @@ def schemas() -> Schema:
             "counts": object_of({"tasks": INTEGER, "by_state": {"type": "object", "additionalProperties": INTEGER},
                                "workers": INTEGER, "workers_online": INTEGER, "events": INTEGER,
                                "tasks_evicted": INTEGER}),
-        }, description="The event stream's connection, its recent gaps, and what is retained"),
+            "history": {"type": "object", "description": "enabled; when on: store, where, role (writer/reader), "
+                        "degraded, pending, dropped, written, write_errors, write_lag_seconds, last_write, "
+                        "restored, restoring, tasks, bytes"},
+        }, description="The event stream's connection, its recent gaps, what is retained and history's state"),
         "TaskRouting": object_of({
             "task": STRING, "api_queue": STRING, "api_pattern": OPT_STRING,
             "api_source": {"enum": [source for source in get_args(RouteSource) if source != "override"]},
@@ -252,6 +258,14 @@ def schemas() -> Schema:
         }),
         "AuditPage": object_of({"entries": array_of(ref_to("AuditEntry")), "total": INTEGER, "limit": INTEGER,
                               "offset": INTEGER, "write_errors": INTEGER}),
+        "Stats": object_of({
+            "window": {"enum": ["hour", "day", "week"]}, "start": NUMBER, "step_seconds": INTEGER, "points": INTEGER,
+            "tasks": array_of(object_of({"name": STRING, "totals": {"type": "object"},
+                                         "series": array_of({"type": "object"})})),
+            "queues": array_of(object_of({"queue": STRING, "totals": {"type": "object"},
+                                          "series": array_of({"type": "object"}),
+                                          "depth": array_of({"type": "object"})})),
+        }),
         "ActionEntry": object_of({
             "id": OPT_INTEGER, "at": NUMBER, "time": STRING, "who": STRING, "source": {"enum": list(SOURCES)},
             "remote_addr": OPT_STRING, "action": STRING, "target": STRING,

@@ -7,8 +7,9 @@ rendered, and htmx's ws extension swaps them in by id. Task data is untrusted: t
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import render_template, request
@@ -16,10 +17,13 @@ from markupsafe import Markup
 
 from ..exceptions import BrokerUnavailable
 from ..model.catalog import task_name_problem
+from ..model.search import MAX_QUERY_CHARS, SearchError, TaskQuery, parse_query
 from ..model.secrets import mask_text
+from ..model.series import polyline
 from ..model.state import DEFAULT_SORT, EVENT_STATES, SORT_KEYS, TaskView
 from ..services.client import BROKER_ERRORS
 from ..services.container import Services
+from ..services.history import HistoryUnavailable
 from ..services.inspection import NoReply, WorkerRefused
 from .audit import record_action
 from .query import MAX_FILTER_CHARS, MAX_OFFSET, QueryError, int_arg, page_query, text_args
@@ -50,13 +54,17 @@ class TaskFilters:
     limit: int = PAGE_SIZE
     offset: int = 0
     sort: str = DEFAULT_SORT  # a SORT_KEYS key, "-" first for descending
+    q: str | None = None  # a search (model/search.py), over history when it is kept, else over memory
+    search: TaskQuery | None = field(default=None, compare=False)  # `q` with the filters above folded in
 
     @classmethod
     def from_args(
-        cls, args: Mapping[str, str], *, max_limit: int = 1000, default_limit: int = PAGE_SIZE
+        cls, args: Mapping[str, str], *, max_limit: int = 1000, default_limit: int = PAGE_SIZE,
+        now: float | None = None,
     ) -> TaskFilters:
         """Parse and check query parameters (raises FilterError with a message for the user)."""
         values = text_args(args, FILTER_KEYS, FilterError, MAX_FILTER_CHARS)
+        q = text_args(args, ("q",), FilterError, MAX_QUERY_CHARS)["q"]
         state = values["state"]
         if state is not None:
             state = state.upper()
@@ -67,12 +75,18 @@ class TaskFilters:
         sort = (args.get("sort") or DEFAULT_SORT).strip()[:16]
         if sort.removeprefix("-") not in SORT_KEYS:
             raise FilterError(f"sort: must be one of {', '.join(SORT_KEYS)}, with - first for descending")
-        return cls(state, values["name"], values["queue"], values["worker"], limit, offset, sort)
+        search = None
+        if q is not None:
+            try:
+                search = parse_query(_folded(q, state, values), time.time() if now is None else now)
+            except SearchError as exc:
+                raise FilterError(f"search: {exc}") from None
+        return cls(state, values["name"], values["queue"], values["worker"], limit, offset, sort, q, search)
 
     @property
     def active(self) -> bool:
         """True when any filter (not paging) is set."""
-        return any(getattr(self, key) for key in FILTER_KEYS)
+        return any(getattr(self, key) for key in (*FILTER_KEYS, "q"))
 
     @property
     def sorted(self) -> bool:
@@ -81,7 +95,7 @@ class TaskFilters:
 
     def query(self, **changes: object) -> str:
         """The query string for these filters with some values changed (for links and the websocket URL)."""
-        filters: dict[str, object] = {key: getattr(self, key) for key in FILTER_KEYS}
+        filters: dict[str, object] = {key: getattr(self, key) for key in (*FILTER_KEYS, "q")}
         if self.sorted:
             filters["sort"] = self.sort
         return page_query(filters, self.limit, self.offset, PAGE_SIZE, changes)
@@ -98,11 +112,53 @@ class TaskFilters:
         return "descending" if self.sort.startswith("-") else "ascending"
 
 
+def _folded(q: str, state: str | None, values: Mapping[str, str | None]) -> str:
+    """The search with the form's other filters added (a name as a part of names, the others exact)."""
+    parts = [q]
+    if state:
+        parts.append(f"state:{state}")
+    for key, pattern in (("queue", "{}"), ("worker", "{}"), ("name", "*{}*")):
+        value = values[key]
+        if value:
+            if '"' in value:
+                raise FilterError(f'{key}: a filter beside a search cannot hold a double quote (")')
+            parts.append(f'{key}:"{pattern.format(value)}"')
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class TablePage:
+    """What the tasks table shows: a page, the total matching, and whether that total is a lower bound."""
+
+    tasks: list[TaskView]
+    total: int
+    capped: bool = False
+    source: str = "memory"  # "memory" or "history"
+    problem: str | None = None  # why history could not answer
+
+
+def task_page(svc: Services, filters: TaskFilters) -> TablePage:
+    """The tasks the table shows: a search goes to history when it is kept (all tasks ever stored), else to
+    memory; plain filters read memory."""
+    if filters.search is not None:
+        if svc.history is not None:  # HistoryUnavailable goes up: the API answers 503, the page says so
+            found = svc.history.search(filters.search, filters.sort, filters.limit, filters.offset)
+            return TablePage(found.tasks, found.total, found.capped, "history")
+        query = filters.search
+        tasks, total = svc.state.search(lambda task, seen: query.matches(task, seen), filters.limit, filters.offset,
+                                        filters.sort, needs_time=query.needs_time)
+        return TablePage(tasks, total)
+    tasks, total = svc.monitor.state.tasks(filters.state, filters.name, filters.queue, filters.worker,
+                                          filters.limit, filters.offset, filters.sort)
+    return TablePage(tasks, total)
+
+
 def status_fragment(svc: Services) -> str:
     """The connection indicator (#conn-status)."""
     monitor = svc.monitor
+    history = svc.history.status() if svc.history is not None else None
     return render_template("partials/conn_status.html", stream=monitor.status, gaps=monitor.gaps,
-                           gaps_total=monitor.gaps_total)
+                           gaps_total=monitor.gaps_total, history=history)
 
 
 def workers_fragment(svc: Services) -> str:
@@ -116,13 +172,16 @@ def task_table_fragment(svc: Services, filters: TaskFilters) -> tuple[str, list[
     Rows come from the app's render cache when any page or socket already rendered that snapshot of the task:
     a table re-sent to many viewers as tasks stream in renders each row once.
     """
-    tasks, total = svc.monitor.state.tasks(filters.state, filters.name, filters.queue, filters.worker,
-                                          filters.limit, filters.offset, filters.sort)
+    try:
+        page = task_page(svc, filters)
+    except HistoryUnavailable as exc:  # the page stays up and says why the search has no answer now
+        page = TablePage([], 0, source="history", problem=str(exc))
     # Our own template's output: everything from the task was escaped there.
-    rows = [Markup(svc.rendered.render(row_kind(oob=False), task, _inline_row)) for task in tasks]
-    html = render_template("partials/task_table.html", tasks=tasks, rows=rows, total=total, filters=filters,
+    rows = [Markup(svc.rendered.render(row_kind(oob=False), task, _inline_row)) for task in page.tasks]
+    html = render_template("partials/task_table.html", tasks=page.tasks, rows=rows, total=page.total,
+                           capped=page.capped, source=page.source, problem=page.problem, filters=filters,
                            counts=svc.monitor.state.counts())
-    return html, tasks
+    return html, page.tasks
 
 
 def task_counts_fragment(svc: Services) -> str:
@@ -157,10 +216,21 @@ def task_family_fragment(svc: Services, task_id: str) -> tuple[str, frozenset[st
     return render_template("partials/task_family.html", family=family, task_id=task_id), ids
 
 
+def find_task(svc: Services, task_id: str) -> TaskView | None:
+    """A task from memory, else from history (None when neither has it, or history cannot be read)."""
+    task = svc.state.task(task_id)
+    if task is None and svc.history is not None:
+        try:
+            task = svc.history.task(task_id)
+        except HistoryUnavailable:
+            return None
+    return task
+
+
 def task_detail_fragment(svc: Services, task_id: str, *, live: bool = False) -> str:
     """The task page's live part (#task-detail). Pushed `live` when the task has finished, it carries a loader
     that reads the result backend's panel again, so the panel never contradicts the state above it."""
-    task = svc.monitor.state.task(task_id)
+    task = find_task(svc, task_id)
     reload_backend = live and task is not None and task.state in FINISHED_STATES
     return render_template("partials/task_detail.html", task=task, task_id=task_id, reload_backend=reload_backend)
 
@@ -199,11 +269,24 @@ def routing_fragment(svc: Services) -> str:
     return render_template(
         "partials/routing_tables.html",
         report=routing.report,
+        sparklines=_sparklines(svc),
         inspected_at=routing.inspected_at,
         broker_error=routing.broker_error,
         inspect_error=routing.inspect_error,
         interval=svc.config.monitor.inspect_interval,
     )
+
+
+def _sparklines(svc: Services) -> dict[str, str]:
+    """Each queue's depth over the last hour as SVG polyline points (empty without history)."""
+    if svc.history is None or svc.routing.report is None:
+        return {}
+    try:
+        stats = svc.history.stats("hour")
+    except HistoryUnavailable:
+        return {}
+    return {part["queue"]: polyline([point["depth"] for point in part["depth"]], 120, 24)
+            for part in stats["queues"] if any(point["depth"] for point in part["depth"])}
 
 
 def consumer_fix(svc: Services, queue: str, worker: str) -> tuple[bool, str, int]:

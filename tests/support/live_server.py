@@ -34,7 +34,7 @@ PORT_ATTEMPTS = 3  # free_port() can race with another process taking the port b
 # Environment the dashboard reads that would override the config file written for the test.
 SCRUBBED_ENV = (
     "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DASHBOARD_CONFIG", "DASHBOARD_CLIENT_APP", "DASHBOARD_AUDIT_PATH",
-    "DASHBOARD_SECRET_KEY",
+    "DASHBOARD_SECRET_KEY", "DASHBOARD_HISTORY_URL",
 )
 # Short inspection and alert intervals, so monitoring changes show within a test's expect() timeout.
 TEST_MONITOR = {"inspect_interval": 0.5, "alert_grace": 1.0}
@@ -178,6 +178,7 @@ def start_live_server(
     child_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     child_env["PYTHONUNBUFFERED"] = "1"  # the log shows the "serving on" line and errors as they happen
     child_env["DASHBOARD_AUDIT_PATH"] = str(directory / f"{name}-audit.sqlite3")  # never the user's own state
+    child_env["DASHBOARD_HISTORY_URL"] = str(directory / f"{name}-history.sqlite3")
     child_env.update(env or {})
     for attempt in range(1, PORT_ATTEMPTS + 1):
         port = free_port(HOST)

@@ -137,7 +137,7 @@ def test_sort_orders() -> None:
     assert sort_order("-seen") == ("seen", True)
     assert sort_order("runtime") == ("runtime", False)
     with pytest.raises(SearchError, match="sort"):
-        sort_order("name")
+        sort_order("worker")
 
 
 def test_an_empty_query_is_the_default() -> None:

@@ -185,11 +185,11 @@ def where_of(query: TaskQuery, dialect: Dialect) -> tuple[list[str], list[Any]]:
 
 def order_of(sort: str, position: str) -> str:
     """ORDER BY for a SEARCH_SORTS value; `position` is the column that orders by first sighting."""
-    column, descending = sort_order(sort)
+    column, descending = sort_order(sort)  # one of our own column names
     direction = "DESC" if descending else "ASC"
     if column == "seen":
         return f"{position} {direction}"
-    return f"runtime {direction} NULLS LAST, {position} DESC"
+    return f"tasks.{column} {direction} NULLS LAST, {position} DESC"
 
 
 def _prefix_end(prefix: str) -> str:
