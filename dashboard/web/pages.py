@@ -258,7 +258,7 @@ def tasks() -> tuple[str, int]:
     return render_template(
         "pages/tasks.html", filters=filters, filter_error=filter_error, states=EVENT_STATES,
         table_html=Markup(table_html), workers_html=Markup(views.workers_fragment(svc)), live_url=live_url,
-        history_on=svc.history is not None,
+        history_on=svc.history is not None, typed_q=(request.args.get("q") or "")[:2000],
     ), status
 
 
