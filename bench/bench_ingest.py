@@ -353,6 +353,7 @@ class Scrape:
     gaps: int
     connects: int
     up: int
+    history_pending: int = 0  # changed tasks the history writer has not written yet (0 with history off)
 
 
 def parse_metrics(text: str, at: float) -> Scrape:
@@ -374,7 +375,8 @@ def parse_metrics(text: str, at: float) -> Scrape:
                   int(values.get("dispatch_dashboard_tasks_evicted_total", 0)),
                   int(values.get("dispatch_dashboard_event_stream_gaps_total", 0)),
                   int(values.get("dispatch_dashboard_event_stream_connects_total", 0)),
-                  int(values.get("dispatch_dashboard_event_stream_up", 0)))
+                  int(values.get("dispatch_dashboard_event_stream_up", 0)),
+                  int(values.get("dispatch_dashboard_history_pending", 0)))
 
 
 # Logs every cyclic-GC pass of the dashboard (pid, generation, pause in ms); see --gc-log.
@@ -417,11 +419,12 @@ class Dashboard:
 
     def __init__(self, broker_url: str, max_tasks: int, workdir: Path, server: str,
                  switch_interval: float | None = None, gc_log: bool = False, extra_args: tuple[str, ...] = (),
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", history: str = "") -> None:
         self.port = free_port()
         self.config = workdir / "bench.toml"
         self.config.write_text(f'broker_url = "{broker_url}"\n\n[monitor]\nmax_tasks = {max_tasks}\n{extra_config}')
         self.log_path = workdir / "dashboard.log"
+        self.history = history
         script = Path(sys.executable).with_name("dispatch-dashboard")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "dashboard.cli"]
         self.argv = [*command, "serve", "--config", str(self.config), "--port", str(self.port),
@@ -429,6 +432,9 @@ class Dashboard:
         # The config file must win: these variables would override it.
         env = {k: v for k, v in os.environ.items()
                if k not in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DASHBOARD_CONFIG", "DASHBOARD_CLIENT_APP")}
+        # History as asked (off unless --history), never the user's own files; no audit log (nothing dispatched).
+        env["DASHBOARD_HISTORY_URL"] = history
+        env["DASHBOARD_AUDIT_PATH"] = ""
         self.gc_log = workdir / "gc.log" if gc_log else None
         site_code = ""
         if switch_interval is not None:
@@ -577,6 +583,7 @@ class Drain:
     publish_seconds: float
     backlog_bytes: int
     complete: bool
+    persisted_seconds: float = 0.0  # until history had written every task too (== seconds with history off)
 
     @property
     def rate(self) -> float:
@@ -619,8 +626,14 @@ def drain_cycle(dash: Dashboard, pubs: Publishers, redis_client: Any, tasks: int
         if probe is not None:
             probe.stop()
     seconds = scrape.at - started
+    persisted = seconds
+    if dash.history:  # and until the history writer has written every task of the batch
+        while scrape.history_pending and scrape.at - started < DRAIN_TIMEOUT:
+            time.sleep(POLL_SECONDS)
+            scrape = dash.scrape()
+        persisted = scrape.at - started
     return Drain(scrape.events - before, seconds, cpu_seconds(dash.server_pid) - cpu_before, publish_seconds,
-                 backlog, scrape.events >= target)
+                 backlog, scrape.events >= target, persisted)
 
 
 def summarize_drains(drains: list[Drain]) -> dict[str, Any]:
@@ -633,6 +646,7 @@ def summarize_drains(drains: list[Drain]) -> dict[str, Any]:
             "cpu_us_per_event": cpu / events * 1e6 if events else 0.0,
             "cpu_utilisation": cpu / seconds if seconds else 0.0,
             "max_backlog_bytes": max((d.backlog_bytes for d in drains), default=0),
+            "persisted_rate": events / persisted if (persisted := sum(d.persisted_seconds for d in drains)) else 0.0,
             "incomplete": sum(not d.complete for d in drains)}
 
 
@@ -820,8 +834,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         redis_client = redis.Redis(port=redis_server.port, socket_timeout=10)
         stack.callback(redis_client.close)
         results["versions"]["redis-server"] = redis_server.version or "?"
+        history = {"off": "", "sqlite": str(workdir / "history.sqlite3")}.get(args.history, args.history)
         dash = Dashboard(redis_server.url(0), args.max_tasks, workdir, args.server, args.switch_interval,
-                         args.gc_log)
+                         args.gc_log, history=history)
+        results["history"] = args.history
         stack.callback(dash.close)
         pubs = Publishers(redis_server.url(0), args.publishers)
         stack.callback(pubs.close)
@@ -983,6 +999,8 @@ def report(r: dict[str, Any]) -> str:
     change = probed["rate"] / plain["rate"] - 1 if plain["rate"] else 0.0
     row(f"  same, with readers ({r['args']['probe_rate']:g} req/s probe)", f"{probed['rate']:,.0f} ev/s",
         "", "", f"({change:+.1%} vs alone)")
+    if r.get("history", "off") != "off":
+        row(f"  history ({r['history']}): every task written", f"{fill['persisted_rate']:,.0f} ev/s")
     row("dashboard CPU per event (fill)", f"{fill['cpu_us_per_event']:.1f} us", "", "", FLOWER["cpu"])
     row("dashboard CPU while draining", f"{fill['cpu_utilisation']:.0%} of a core")
     row("RSS per retained task", f"{mem['per_task']:,.0f} B", "<= 1,536 B",
@@ -1059,6 +1077,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--py-spy", help="path to py-spy (else PATH or next to this python)")
     parser.add_argument("--gc-log", action="store_true",
                         help="diagnosis: log the dashboard's garbage-collector pauses and report them")
+    parser.add_argument("--history", default="off",
+                        help="off (default), sqlite (a file in the bench's temp dir) or a [history] url")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--keep-logs", action="store_true", help="keep the dashboard's and Redis's logs")
     args = parser.parse_args(argv)

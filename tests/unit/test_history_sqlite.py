@@ -55,7 +55,7 @@ def test_a_task_round_trips_through_its_row(store: SqliteHistory) -> None:
                  "exception": "again"})
     original = state.task(uuid)
     assert original is not None
-    store.write(WriteBatch([original]))
+    store.write(WriteBatch.of_views([original]))
 
     stored = store.get(uuid)
 
@@ -80,7 +80,7 @@ def test_every_search_form_finds_what_the_memory_matcher_finds(store: SqliteHist
         else:
             feed(state, i)
     everything = views(state)
-    store.write(WriteBatch(everything))
+    store.write(WriteBatch.of_views(everything))
 
     for text in SEARCHES:
         query = parse_query(text, NOW)
@@ -93,7 +93,7 @@ def test_every_search_form_finds_what_the_memory_matcher_finds(store: SqliteHist
 def test_search_pages_sorts_and_caps_its_count(store: SqliteHistory, monkeypatch: pytest.MonkeyPatch) -> None:
     state = State(clock=lambda: NOW)
     ids = [feed(state, i) for i in range(30)]
-    store.write(WriteBatch(views(state)))
+    store.write(WriteBatch.of_views(views(state)))
     query = parse_query("name:acme.*", NOW)
 
     second = store.search(query, limit=10, offset=10)
@@ -109,11 +109,11 @@ def test_search_pages_sorts_and_caps_its_count(store: SqliteHistory, monkeypatch
 def test_an_updated_task_is_found_by_its_new_text_only(store: SqliteHistory) -> None:
     state = State(clock=lambda: NOW)
     uuid = feed(state, 1, final="task-failed", exception="KeyError('first')")
-    store.write(WriteBatch(views(state)))
+    store.write(WriteBatch.of_views(views(state)))
     state.apply({"type": "task-retried", "uuid": uuid, "hostname": "celery@a", "timestamp": NOW})
     state.apply({"type": "task-succeeded", "uuid": uuid, "hostname": "celery@a", "timestamp": NOW + 1,
                  "result": "'second'"})
-    store.write(WriteBatch(views(state)))
+    store.write(WriteBatch.of_views(views(state)))
 
     assert store.search(parse_query("result:second", NOW)).total == 1
     assert store.search(parse_query("exception:first", NOW)).total == 0
@@ -123,7 +123,7 @@ def test_an_updated_task_is_found_by_its_new_text_only(store: SqliteHistory) -> 
 def test_prune_by_age_and_by_count(store: SqliteHistory) -> None:
     state = State(clock=lambda: NOW)
     ids = [feed(state, i) for i in range(20)]
-    store.write(WriteBatch(views(state)))
+    store.write(WriteBatch.of_views(views(state)))
 
     assert store.prune(NOW - 3600 + 5, None) == 5  # first seen before the cut
     assert store.prune(None, 10) == 5  # the 10 newest stay
@@ -134,7 +134,7 @@ def test_prune_by_age_and_by_count(store: SqliteHistory) -> None:
 def test_newest_walks_back_in_chunks(store: SqliteHistory) -> None:
     state = State(clock=lambda: NOW)
     ids = [feed(state, i) for i in range(25)]
-    store.write(WriteBatch(views(state)))
+    store.write(WriteBatch.of_views(views(state)))
 
     first, below = store.newest(10)
     second, below = store.newest(10, below)
@@ -217,7 +217,7 @@ def test_only_one_writer_per_store_and_a_reader_takes_over(tmp_path: Path) -> No
 def test_restore_puts_the_newest_back_and_reports_the_downtime(store: SqliteHistory) -> None:
     before = State(clock=lambda: NOW)
     ids = [feed(before, i) for i in range(30)]
-    store.write(WriteBatch(views(before)))
+    store.write(WriteBatch.of_views(views(before)))
     after = State(max_tasks=20, clock=lambda: NOW)
     live = feed(after, 99)  # an event that came in before the restore finished
     downtime: list[float] = []
@@ -289,14 +289,14 @@ def test_a_full_sqlite_file_is_a_clear_error(tmp_path: Path) -> None:
     conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
     state = State(clock=lambda: NOW)
     with pytest.raises(HistoryUnavailable, match="full"):
-        store.write(WriteBatch([state.task(feed(state, i, args="x" * 4000)) for i in range(50)]))  # type: ignore[misc]
+        store.write(WriteBatch.of_views([state.task(feed(state, i, args="x" * 4000)) for i in range(50)]))  # type: ignore[misc]
     store.close()
 
 
 def test_history_merges_what_is_not_written_yet_into_the_first_page(store: SqliteHistory) -> None:
     state = State(clock=lambda: NOW)
     old = [feed(state, i) for i in range(3)]
-    store.write(WriteBatch(views(state)))
+    store.write(WriteBatch.of_views(views(state)))
     writer = writer_for(store, state)
     new = feed(state, 10)
     writer.note_event({"type": "task-sent", "uuid": new})

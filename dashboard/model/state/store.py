@@ -14,6 +14,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 from .family import Family, family_of, link
 from .fields import Interner, as_float
+from .rows import record_row
 from .tasks import (
     EVENT_STATES,
     SENT,
@@ -288,6 +289,19 @@ class State:
         with self._lock:
             found = [self._tasks.get(task_id) for task_id in task_ids]
             return [task_view(task, self._hosts) for task in found if task is not None]
+
+    def rows_by_id(self, task_ids: Iterable[str]) -> list[tuple[Any, ...]]:
+        """The stored form (rows.COLUMNS) of the given tasks that are retained, under one lock: what the history
+        writer commits, read straight from the records (no snapshot built)."""
+        with self._lock:
+            found = [self._tasks.get(task_id) for task_id in task_ids]
+            return [record_row(task, self._hosts) for task in found if task is not None]
+
+    def names_and_queues(self, task_ids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
+        """Name and queue of each given task that is retained."""
+        with self._lock:
+            tasks = self._tasks
+            return {task_id: (tasks[task_id].name, tasks[task_id].queue) for task_id in task_ids if task_id in tasks}
 
     def family(self, task_id: str) -> Family | None:
         """The workflow tree around a retained task (its root, parents and descendants), or None."""

@@ -150,4 +150,4 @@ class History:
     def write_now(self, views: Sequence[TaskView]) -> None:
         """Write snapshots at once, outside the writer (tests and benchmarks fill a store this way)."""
         self.store.open()
-        self.store.write(WriteBatch(list(views)))
+        self.store.write(WriteBatch.of_views(views))

@@ -21,13 +21,14 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
 from ...model.search import TaskQuery, glob_to_sqlite
 from ...model.series import MinuteRow, QueueSample
 from ...model.state import TaskView
-from .rows import COLUMNS, row_of, view_of
+from ...model.state.rows import COLUMNS, SEEN, TEXT_COLUMNS, row_view
 from .store import (
     COUNT_CAP,
     PRUNE_BATCH,
@@ -46,7 +47,7 @@ from .store import (
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT: Final = 5.0
-_TEXT: Final = ("args", "kwargs", "result", "exception", "traceback")
+_TEXT: Final = TEXT_COLUMNS
 _FTS_VALUES: Final = ", ".join(f"new.{column}" for column in _TEXT)
 _FTS_OLD: Final = ", ".join(f"old.{column}" for column in _TEXT)
 _CHANGED: Final = " OR ".join(f"old.{column} IS NOT new.{column}" for column in _TEXT)
@@ -60,7 +61,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             seen REAL NOT NULL, updated REAL NOT NULL, runtime REAL, retries INTEGER NOT NULL DEFAULT 0,
             root_id TEXT, parent_id TEXT,
             args TEXT, kwargs TEXT, result TEXT, exception TEXT, traceback TEXT,
-            extra TEXT NOT NULL
+            exchange TEXT, routing_key TEXT, eta TEXT, expires TEXT, not_registered INTEGER NOT NULL DEFAULT 0,
+            timeline TEXT NOT NULL, details TEXT
         )""",
         "CREATE INDEX tasks_name ON tasks (name)",
         "CREATE INDEX tasks_state ON tasks (state)",
@@ -227,13 +229,13 @@ class SqliteHistory(HistoryStore):
     # -- writing (the writer thread) ----------------------------------------------------------------------
 
     def write(self, batch: WriteBatch) -> None:
-        tasks = sorted(batch.tasks, key=lambda task: task.timeline[0].timestamp if task.timeline else 0.0)
+        tasks = sorted(batch.tasks, key=itemgetter(SEEN))  # new rows take their place in first-sighting order
         try:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if tasks:
-                    conn.executemany(_UPSERT, [row_of(task) for task in tasks])
+                    conn.executemany(_UPSERT, tasks)
                 if batch.minutes:
                     conn.executemany(_UPSERT_MINUTE, [_minute_row(row) for row in batch.minutes])
                 if batch.samples:
@@ -293,13 +295,13 @@ class SqliteHistory(HistoryStore):
                     total, capped = min(counted, COUNT_CAP), counted > COUNT_CAP
             finally:
                 conn.execute("COMMIT")
-        tasks = [view_of(row) for row in rows]
+        tasks = [row_view(row) for row in rows]
         return SearchPage(tasks, max(total, offset + len(tasks)), capped)
 
     def get(self, task_id: str) -> TaskView | None:
         with self._reading() as conn:
             row = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return view_of(row) if row is not None else None
+        return row_view(row) if row is not None else None
 
     def newest(self, limit: int, below: int | None = None) -> tuple[list[TaskView], int | None]:
         with self._reading() as conn:
@@ -309,13 +311,13 @@ class SqliteHistory(HistoryStore):
             ).fetchall()
         if not rows:
             return [], None
-        return [view_of(row[1:]) for row in rows], int(rows[-1][0])
+        return [row_view(row[1:]) for row in rows], int(rows[-1][0])
 
     def children(self, parent_id: str, limit: int = 200) -> list[TaskView]:
         with self._reading() as conn:
             rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks WHERE parent_id = ? ORDER BY seq LIMIT ?",
                                 (parent_id, limit)).fetchall()
-        return [view_of(row) for row in rows]
+        return [row_view(row) for row in rows]
 
     def minutes(self, since_minute: int, names: Sequence[str] = (), queues: Sequence[str] = ()) -> list[MinuteRow]:
         clauses: list[str] = ["minute >= ?"]

@@ -12,7 +12,7 @@ from ...exceptions import DashboardError
 from ...model.search import TaskQuery, glob_prefix, is_glob, sort_order
 from ...model.series import MinuteRow, QueueSample
 from ...model.state import TaskView
-from .rows import COLUMNS
+from ...model.state.rows import COLUMNS, view_row
 
 #: A search counts its matches up to here, then says "at least": counting every one of millions of matches would
 #: cost more than the page itself.
@@ -46,11 +46,17 @@ class StoreInfo:
 
 @dataclass
 class WriteBatch:
-    """What one group commit writes: task snapshots (upserted), minute buckets (replaced), queue samples."""
+    """What one group commit writes: task rows (model.state.rows, upserted), minute buckets (replaced) and
+    queue samples."""
 
-    tasks: list[TaskView] = field(default_factory=list)
+    tasks: list[tuple[Any, ...]] = field(default_factory=list)
     minutes: list[MinuteRow] = field(default_factory=list)
     samples: list[QueueSample] = field(default_factory=list)
+
+    @classmethod
+    def of_views(cls, views: Sequence[TaskView]) -> WriteBatch:
+        """A batch of snapshots (tests and benchmarks; the writer reads rows from the state directly)."""
+        return cls([view_row(view) for view in views])
 
     def __bool__(self) -> bool:
         return bool(self.tasks or self.minutes or self.samples)

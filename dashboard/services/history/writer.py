@@ -28,7 +28,8 @@ from typing import Any, Final
 
 from ...model.secrets import mask_text
 from ...model.series import MinuteRow, QueueSample, minute_of
-from ...model.state import State, TaskView
+from ...model.state import State
+from ...model.state.rows import NAME, QUEUE
 from ..events.jobs import Job
 from .store import HistoryStore, HistoryUnavailable, StoreInfo, WriteBatch, WriterLock
 
@@ -311,32 +312,30 @@ class HistoryWriter:
             ids = list(self._dirty)
             mark = self._changes
             samples, self._samples = self._samples, []
-        views = self.state.tasks_by_id(ids)
-        found = {view.id for view in views}
+        rows = self.state.rows_by_id(ids)
+        found = {row[0] for row in rows}
         missing = [task_id for task_id in ids if task_id not in found]
         if missing:  # evicted from memory before they could be written
             with self._lock:
                 for task_id in missing:
                     self._dirty.pop(task_id, None)
                 self._dropped += len(missing)
-        self._bucket_finished(views)
+        self._bucket_finished({row[0]: (row[NAME], row[QUEUE]) for row in rows})
         minutes = [self._buckets[key] for key in self._touched]
-        return WriteBatch(views, minutes, samples), [view.id for view in views], mark
+        return WriteBatch(rows, minutes, samples), list(found), mark
 
-    def _bucket_finished(self, views: Iterable[TaskView] = ()) -> None:
-        """Add the tasks that finished since the last pass to their minute's buckets."""
+    def _bucket_finished(self, known: dict[str, tuple[str | None, str | None]] | None = None) -> None:
+        """Add the tasks that finished since the last pass to their minute's buckets (`known`: name and queue of
+        tasks already read)."""
         with self._lock:
             finished, self._finished = self._finished, []
         if not finished:
             return
-        known = {view.id: view for view in views}
-        lookup = [task_id for task_id, *_ in finished if task_id not in known]
-        for found in self.state.tasks_by_id(lookup):
-            known[found.id] = found
+        known = dict(known or {})
+        known.update(self.state.names_and_queues(task_id for task_id, *_ in finished if task_id not in known))
         for task_id, failed, runtime, when in finished:
-            task = known.get(task_id)
-            name = (task.name if task is not None else None) or "(unknown)"
-            queue = (task.queue if task is not None else None) or ""
+            name, queue = known.get(task_id, (None, None))
+            name, queue = name or "(unknown)", queue or ""
             key = (name, queue, minute_of(when))
             bucket = self._buckets.get(key)
             if bucket is None:
