@@ -185,3 +185,41 @@ def test_history_off_keeps_the_dashboard_as_it_was(broker_url: str, backend_url:
         assert "History is off" in client.get("/status").get_data(as_text=True)
     finally:
         services(app).close()
+
+
+SLOW = "worker.tasks.demo.slow"
+
+
+def test_a_task_that_finished_while_the_dashboard_was_down_is_resynced_after_the_restart(
+    stub_worker: CeleryWorker, broker_url: str, backend_url: str, history_path: Path
+) -> None:
+    first = start(history_config(broker_url, backend_url, history_path))
+    client = first.test_client()
+    task_id = dispatch(client, SLOW, seconds=2.0, steps=2)
+    history = services(first).history
+    assert history is not None
+    wait_until(lambda: (found := history.task(task_id)) is not None and found.state == "STARTED", DEADLINE,
+               "the running task written to history")
+    stop(first)  # the dashboard goes down while the task runs; its task-succeeded event is lost to it
+
+    wait_until(lambda: services_result(broker_url, backend_url, task_id) == "SUCCESS", DEADLINE,
+               "the task finished on the worker")
+    second = start(history_config(broker_url, backend_url, history_path))
+    try:
+        client = second.test_client()
+        wait_until(lambda: client.get(f"/api/tasks/{task_id}").get_json().get("state") == "SUCCESS", DEADLINE,
+                   "the restored task resynced from the result backend")
+        gaps = client.get("/api/status").get_json()["gaps"]
+        assert any(gap["reason"] == "the dashboard was not running" and gap["resynced"] for gap in gaps), gaps
+    finally:
+        stop(second)
+
+
+def services_result(broker_url: str, backend_url: str, task_id: str) -> str | None:
+    """The task's state in the result backend, through a throwaway app."""
+    app = create_app(history_config(broker_url, backend_url, Path("/nonexistent/unused.sqlite3")), live=False)
+    try:
+        found = services(app).client.result_state(task_id)
+        return None if found is None else str(found["state"])
+    finally:
+        services(app).close()

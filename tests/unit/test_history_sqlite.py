@@ -70,7 +70,11 @@ SEARCHES = [
 ]
 
 
-def test_every_search_form_finds_what_the_memory_matcher_finds(store: SqliteHistory) -> None:
+@pytest.mark.parametrize("dense", [2_000, 0], ids=["through-indexes", "walking-the-table"])
+def test_every_search_form_finds_what_the_memory_matcher_finds(
+    store: SqliteHistory, dense: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dashboard.services.history.sqlite.DENSE", dense)
     state = State(clock=lambda: NOW)
     for i in range(60):
         if i % 5 == 0:

@@ -25,7 +25,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
-from ...model.search import TaskQuery, glob_to_sqlite
+from ...model.search import TaskQuery, glob_to_sqlite, sort_order
 from ...model.series import MinuteRow, QueueSample
 from ...model.state import TaskView
 from ...model.state.rows import COLUMNS, SEEN, TEXT_COLUMNS, row_view
@@ -47,6 +47,8 @@ from .store import (
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT: Final = 5.0
+#: Past this many matches a filtered page walks the table newest first instead of sorting the matches.
+DENSE: Final = 2_000
 _TEXT: Final = TEXT_COLUMNS
 _FTS_VALUES: Final = ", ".join(f"new.{column}" for column in _TEXT)
 _FTS_OLD: Final = ", ".join(f"old.{column}" for column in _TEXT)
@@ -111,19 +113,6 @@ class _SqliteDialect(Dialect):
 
     def glob(self, column: str, pattern: str) -> tuple[str, list[Any]]:
         return f"{column} GLOB ?", [glob_to_sqlite(pattern)]
-
-    def text_match(self, query: TaskQuery) -> tuple[str, list[Any]] | None:
-        clauses: list[str] = []
-        params: list[Any] = []
-        positive = [term for term in query.terms if not term.negated]
-        if positive:
-            clauses.append("tasks.seq IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?)")
-            params.append(" AND ".join(_fts_term(term.words, term.field) for term in positive))
-        for term in query.terms:
-            if term.negated:
-                clauses.append("tasks.seq NOT IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?)")
-                params.append(_fts_term(term.words, term.field))
-        return (" AND ".join(clauses), params) if clauses else None
 
 
 def _fts_term(words: Sequence[str], column: str | None) -> str:
@@ -273,29 +262,43 @@ class SqliteHistory(HistoryStore):
     # -- reading (any thread) -----------------------------------------------------------------------------
 
     def search(self, query: TaskQuery, sort: str = "-seen", limit: int = 50, offset: int = 0) -> SearchPage:
+        """The plan is chosen by what the query holds, not left to the planner's guess:
+        - free text: the FTS5 index drives, newest first (its rowid is `seq`), so a page stops after `limit`
+          matches however common the word;
+        - filters: the matches are counted first through their indexes (up to COUNT_CAP); when they are many,
+          the page walks the table newest first and stops at `limit` (a glob over many names would otherwise
+          sort all its matches), when they are few it reads them through the index and sorts them."""
         clauses, params = where_of(query, DIALECT)
-        text = DIALECT.text_match(query)
-        if text is not None:
-            clauses.append(text[0])
-            params += text[1]
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        order = order_of(sort, "tasks.seq")
+        for term in query.terms:
+            if term.negated:
+                clauses.append("tasks.seq NOT IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?)")
+                params.append(_fts_term(term.words, term.field))
+        positive = [term for term in query.terms if not term.negated]
+        match = " AND ".join(_fts_term(term.words, term.field) for term in positive) if positive else None
+        column, descending = sort_order(sort)
         with self._reading() as conn:
-            conn.execute("BEGIN")
+            conn.execute("BEGIN")  # one read snapshot for the count and the page
             try:
-                rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks{where} ORDER BY {order} LIMIT ? OFFSET ?",
-                                    [*params, limit, offset]).fetchall()
-                if not clauses:
-                    total = int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
-                    capped = False
+                if match is not None:
+                    source = "tasks_fts JOIN tasks ON tasks.seq = tasks_fts.rowid"
+                    where = " AND ".join(["tasks_fts MATCH ?", *clauses])
+                    where_params = [match, *params]
+                    order = (f"tasks_fts.rowid {'DESC' if descending else 'ASC'}" if column == "seen"
+                             else order_of(sort, "tasks.seq"))
                 else:
-                    counted = int(conn.execute(
-                        f"SELECT count(*) FROM (SELECT 1 FROM tasks{where} LIMIT ?)", [*params, COUNT_CAP + 1]
-                    ).fetchone()[0])
-                    total, capped = min(counted, COUNT_CAP), counted > COUNT_CAP
+                    source, where_params = "tasks", params
+                    where = " AND ".join(clauses) or "1"
+                    order = order_of(sort, "tasks.seq")
+                counted = int(conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT ?)",
+                                           [*where_params, COUNT_CAP + 1]).fetchone()[0])
+                if match is None and column == "seen" and clauses and counted > DENSE:
+                    source = "tasks NOT INDEXED"  # many matches: newest first straight from the table
+                rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM {source} WHERE {where} ORDER BY {order} "
+                                    "LIMIT ? OFFSET ?", [*where_params, limit, offset]).fetchall()
             finally:
                 conn.execute("COMMIT")
         tasks = [row_view(row) for row in rows]
+        total, capped = min(counted, COUNT_CAP), counted > COUNT_CAP
         return SearchPage(tasks, max(total, offset + len(tasks)), capped)
 
     def get(self, task_id: str) -> TaskView | None:

@@ -147,10 +147,6 @@ class Dialect:
         """A case-sensitive glob test on `column`."""
         raise NotImplementedError
 
-    def text_match(self, query: TaskQuery) -> tuple[str, list[Any]] | None:
-        """The free-text part as a condition on the task row, or None when the query has none."""
-        raise NotImplementedError
-
 
 def where_of(query: TaskQuery, dialect: Dialect) -> tuple[list[str], list[Any]]:
     """The WHERE conditions and their parameters for everything in `query` but the free text."""
