@@ -56,7 +56,7 @@ SEARCHES: dict[str, str] = {
     "state": "state:FAILURE",
     "queue": "queue:media",
     "worker": "worker:celery@worker-07",
-    "id prefix": "id:00abc",
+    "id prefix": "id:0001",
     "free text (common word)": "invoice",
     "free text (rare word)": "quux",
     "field term": "exception:timeout",

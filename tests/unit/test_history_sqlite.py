@@ -145,7 +145,7 @@ def test_newest_walks_back_in_chunks(store: SqliteHistory) -> None:
     third, below = store.newest(10, below)
     rest, end = store.newest(10, below)
 
-    assert [view.id for view in first + second + third] == list(reversed(ids))
+    assert [row[0] for row in first + second + third] == list(reversed(ids))
     assert rest == [] and end is None
 
 

@@ -9,7 +9,7 @@ either loses them), and the rare notes (retries, revokes) are JSON only when the
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from .fields import Interner
@@ -20,7 +20,7 @@ COLUMNS: Final = ("id", "name", "state", "queue", "worker", "seen", "updated", "
                   "parent_id", "args", "kwargs", "result", "exception", "traceback", "exchange", "routing_key",
                   "eta", "expires", "not_registered", "timeline", "details")
 TEXT_COLUMNS: Final = ("args", "kwargs", "result", "exception", "traceback")
-NAME, QUEUE, SEEN = COLUMNS.index("name"), COLUMNS.index("queue"), COLUMNS.index("seen")
+NAME, QUEUE, SEEN, UPDATED = (COLUMNS.index(column) for column in ("name", "queue", "seen", "updated"))
 _US: Final = "\x1f"
 _RS: Final = "\x1e"
 _SEPARATORS: Final = str.maketrans({_US: "?", _RS: "?"})
@@ -57,21 +57,35 @@ def view_row(view: TaskView) -> tuple[Any, ...]:
 
 def row_view(row: Sequence[Any]) -> TaskView:
     """The snapshot a stored row holds (COLUMNS order)."""
-    (task_id, name, state, queue, worker, seen, _updated, runtime, retries, root_id, parent_id, args, kwargs,
-     result, exception, traceback, exchange, routing_key, eta, expires, not_registered, timeline, details) = row
-    task = TaskRecord(task_id, state, float(seen))
-    task.name, task.queue, task.worker = name, queue, worker
-    task.runtime, task.retries = runtime, int(retries or 0)
-    task.root_id, task.parent_id = root_id, parent_id
-    task.args, task.kwargs, task.result, task.exception, task.traceback = args, kwargs, result, exception, traceback
-    task.exchange, task.routing_key, task.eta, task.expires = exchange, routing_key, eta, expires
-    task.not_registered = bool(not_registered)
     hosts = HostTable()
+    return task_view(row_record(row, _same, hosts), hosts)
+
+
+def row_record(row: Sequence[Any], intern: Callable[[object], str | None], hosts: HostTable) -> TaskRecord:
+    """The record a stored row holds (a warm restart builds these straight into the state), its strings shared
+    through `intern` and its hosts numbered in `hosts`."""
+    (task_id, name, state, queue, worker, seen, updated, runtime, retries, root_id, parent_id, args, kwargs,
+     result, exception, traceback, exchange, routing_key, eta, expires, not_registered, timeline, details) = row
+    task = TaskRecord(task_id, state, float(updated))
+    task.name, task.queue, task.worker = intern(name), intern(queue), intern(worker)
+    task.runtime, task.retries = runtime, int(retries or 0)
+    task.root_id = task_id if root_id == task_id else root_id
+    task.parent_id = parent_id
+    task.args, task.kwargs, task.result, task.exception, task.traceback = args, kwargs, result, exception, traceback
+    task.exchange, task.routing_key = intern(exchange), intern(routing_key)
+    task.eta, task.expires = eta, expires
+    task.not_registered = bool(not_registered)
     packed = []
     for entry in timeline.split(_RS) if timeline else ():
         parts = entry.split(_US)
-        packed.append(_ENTRY.pack(float(parts[1]), int(parts[0]), hosts.index(parts[2] if len(parts) > 2 else None)))
+        host = intern(parts[2]) if len(parts) > 2 else None
+        packed.append(_ENTRY.pack(float(parts[1]), int(parts[0]), hosts.index(host)))
     task.timeline = b"".join(packed)
     if details:
         task.details = tuple((float(ts), int(code), str(text)) for ts, code, text in json.loads(details))
-    return task_view(task, hosts)
+    task.version = 1
+    return task
+
+
+def _same(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from operator import attrgetter
@@ -13,8 +13,8 @@ from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
 from .family import Family, family_of, link
-from .fields import Interner, as_float
-from .rows import record_row
+from .fields import Interner, as_float, clip
+from .rows import record_row, row_record
 from .tasks import (
     EVENT_STATES,
     SENT,
@@ -24,11 +24,11 @@ from .tasks import (
     TaskUpdater,
     TaskView,
     first_timestamp,
-    record_from_view,
     task_view,
 )
 from .workers import WORKER_EVENT_TYPES, WorkerRecord, WorkerView, worker_view
 
+TEXT_FIELDS: Final = ("args", "kwargs", "result", "exception", "traceback")
 #: Counted under this key when an event has no string "type".
 MISSING_TYPE: Final = "(missing)"
 #: Counted under this key once MAX_EVENT_TYPES distinct types have been seen.
@@ -136,19 +136,23 @@ class State:
                 return self._apply_worker(kind, event)
         return None
 
-    def restore(self, views: Iterable[TaskView]) -> list[str]:
-        """Take back stored tasks (a warm restart), given newest first: each goes *before* every task already
-        here, so call it with successively older batches. Tasks already here (events came first) are kept as
-        they are; restoring stops once the state is full. Returns the ids restored."""
+    def restore(self, rows: Iterable[Sequence[Any]]) -> list[str]:
+        """Take back stored tasks (rows.COLUMNS, a warm restart), given newest first: each goes *before* every
+        task already here, so call it with successively older batches. Tasks already here (events came first)
+        are kept as they are; restoring stops once the state is full. Returns the ids restored."""
         restored: list[str] = []
+        cap = self._updater.text_cap
         with self._lock:
-            for view in views:
+            for row in rows:
                 if len(self._order) >= self._max_tasks:
                     break
-                if view.id in self._tasks:
+                if row[0] in self._tasks:
                     continue
-                task = record_from_view(view, self._intern, self._hosts, self._updater.text_cap,
-                                        self._updater.timeline_cap)
+                task = row_record(row, self._intern, self._hosts)
+                for attr in TEXT_FIELDS:  # a store written with a larger cap
+                    value = getattr(task, attr)
+                    if value is not None and len(value) > cap:
+                        setattr(task, attr, clip(value, cap))
                 self._tasks[task.id] = task
                 self._order.appendleft(task)
                 self._by_state[task.state] = self._by_state.get(task.state, 0) + 1

@@ -254,7 +254,9 @@ class SqliteHistory(HistoryStore):
                 # Buckets and samples are few (one per name, queue and minute; one per queue and inspection).
                 conn.execute("DELETE FROM task_minutes WHERE minute < ?", (int(older_than // 60),))
                 conn.execute("DELETE FROM queue_samples WHERE at < ?", (older_than,))
-            conn.execute("PRAGMA optimize")
+            # Fresh statistics for the planner (bounded work: analysis_limit samples each index).
+            conn.execute("PRAGMA analysis_limit = 1000")
+            conn.execute("ANALYZE")
         except sqlite3.Error as exc:
             raise HistoryUnavailable(f"history: pruning {self.path} failed after {removed} tasks: {exc}") from None
         return removed
@@ -286,11 +288,13 @@ class SqliteHistory(HistoryStore):
                     order = (f"tasks_fts.rowid {'DESC' if descending else 'ASC'}" if column == "seen"
                              else order_of(sort, "tasks.seq"))
                 else:
-                    source, where_params = "tasks", params
+                    source, where_params = _driving(conn, query), params
                     where = " AND ".join(clauses) or "1"
                     order = order_of(sort, "tasks.seq")
-                counted = int(conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {source} WHERE {where} LIMIT ?)",
-                                           [*where_params, COUNT_CAP + 1]).fetchone()[0])
+                # Free text alone is counted in the FTS index only (no row lookups).
+                count_source = "tasks_fts" if match is not None and not clauses else source
+                counted = int(conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {count_source} WHERE {where} "
+                                           "LIMIT ?)", [*where_params, COUNT_CAP + 1]).fetchone()[0])
                 if match is None and column == "seen" and clauses and counted > DENSE:
                     source = "tasks NOT INDEXED"  # many matches: newest first straight from the table
                 rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM {source} WHERE {where} ORDER BY {order} "
@@ -306,7 +310,7 @@ class SqliteHistory(HistoryStore):
             row = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return row_view(row) if row is not None else None
 
-    def newest(self, limit: int, below: int | None = None) -> tuple[list[TaskView], int | None]:
+    def newest(self, limit: int, below: int | None = None) -> tuple[list[tuple[Any, ...]], int | None]:
         with self._reading() as conn:
             rows = conn.execute(
                 f"SELECT seq, {SELECT_COLUMNS} FROM tasks WHERE seq < ? ORDER BY seq DESC LIMIT ?",
@@ -314,7 +318,7 @@ class SqliteHistory(HistoryStore):
             ).fetchall()
         if not rows:
             return [], None
-        return [row_view(row[1:]) for row in rows], int(rows[-1][0])
+        return [tuple(row[1:]) for row in rows], int(rows[-1][0])
 
     def children(self, parent_id: str, limit: int = 200) -> list[TaskView]:
         with self._reading() as conn:
@@ -363,6 +367,33 @@ class SqliteHistory(HistoryStore):
         for conn in connections:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
+
+
+#: The index each kind of filter can drive a search through.
+_INDEXES: Final = {"name": "tasks_name", "state": "tasks_state", "queue": "tasks_queue", "worker": "tasks_worker",
+                   "id": "sqlite_autoindex_tasks_1"}
+
+
+def _driving(conn: sqlite3.Connection, query: TaskQuery) -> str:
+    """`tasks INDEXED BY` the index of the most selective constraint, when there are several to choose from.
+
+    SQLite's planner cannot know how many rows a range (since:, a glob) holds, and its statistics say little
+    about skewed values (a rare state); a capped count through each candidate index costs a few index entries
+    and tells."""
+    candidates: list[tuple[str, TaskQuery]] = [
+        (_INDEXES[flt.key], TaskQuery(filters=(flt,))) for flt in query.filters if not flt.negated]
+    if query.since is not None or query.until is not None:
+        candidates.append(("tasks_seen", TaskQuery(since=query.since, until=query.until)))
+    if len(candidates) < 2:
+        return "tasks"
+    best, fewest = "tasks", COUNT_CAP + 2
+    for index, part in candidates:
+        clauses, params = where_of(part, DIALECT)
+        count = int(conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM tasks INDEXED BY {index} "
+                                 f"WHERE {' AND '.join(clauses)} LIMIT ?)", [*params, COUNT_CAP + 1]).fetchone()[0])
+        if count < fewest:
+            best, fewest = index, count
+    return f"tasks INDEXED BY {best}" if best != "tasks" else best
 
 
 def _in_batches(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:

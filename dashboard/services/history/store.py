@@ -106,8 +106,9 @@ class HistoryStore(abc.ABC):
         """One stored task."""
 
     @abc.abstractmethod
-    def newest(self, limit: int, below: int | None = None) -> tuple[list[TaskView], int | None]:
-        """The newest stored tasks (newest first) under position `below`, and the position to continue from."""
+    def newest(self, limit: int, below: int | None = None) -> tuple[list[tuple[Any, ...]], int | None]:
+        """The newest stored tasks' rows (newest first) under position `below`, and the position to continue
+        from (None at the end)."""
 
     @abc.abstractmethod
     def children(self, parent_id: str, limit: int = 200) -> list[TaskView]:

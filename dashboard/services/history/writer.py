@@ -29,7 +29,7 @@ from typing import Any, Final
 from ...model.secrets import mask_text
 from ...model.series import MinuteRow, QueueSample, minute_of
 from ...model.state import State
-from ...model.state.rows import NAME, QUEUE
+from ...model.state.rows import NAME, QUEUE, UPDATED
 from ..events.jobs import Job
 from .store import HistoryStore, HistoryUnavailable, StoreInfo, WriteBatch, WriterLock
 
@@ -250,21 +250,21 @@ class HistoryWriter:
     def restore(self) -> None:
         """Put the newest stored tasks back into memory, newest first, until memory is full."""
         self.store.open()
-        views, below = self.store.newest(RESTORE_FIRST)
-        if not views:
+        rows, below = self.store.newest(RESTORE_FIRST)
+        if not rows:
             return
-        newest_change = max((view.timeline[-1].timestamp for view in views if view.timeline), default=None)
-        while views and not self.state.full and not self._stop.is_set():
+        newest_change = max(float(row[UPDATED]) for row in rows)
+        while rows and not self.state.full and not self._stop.is_set():
             first = not self._restored
-            restored = self.state.restore(views)
+            restored = self.state.restore(rows)
             self._restored += len(restored)
             if first and restored and self._on_restored is not None:
                 self._on_restored()  # open pages redraw with the newest tasks at once
             if below is None:
                 break
-            views, below = self.store.newest(RESTORE_CHUNK, below)
+            rows, below = self.store.newest(RESTORE_CHUNK, below)
         log.info("history: %d tasks restored from %s", self._restored, self.store.shown)
-        if newest_change is not None and self._on_downtime is not None:
+        if self._on_downtime is not None:
             self._on_downtime(newest_change)
 
     # -- steps ---------------------------------------------------------------------------------------------
