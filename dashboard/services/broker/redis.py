@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -15,10 +15,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ...exceptions import BrokerUnavailable, ConfigError
+from ...exceptions import ActionInterrupted, BrokerUnavailable, ConfigError
 from ...model.kombu import Binding, KombuRedisLayout, user_queues
+from ...model.messages import Selection, redis_envelope, retarget_redis_payload
 from ...model.routing import BrokerQueue
 from ...model.secrets import reason
+from .queues import MOVE_BATCH, QueueBrowser, QueuePeek, checked_page, decoded, remaining, selected
 from .urls import REDIS_SCHEMES, broker_scheme, shown_url
 
 log = logging.getLogger(__name__)
@@ -257,3 +259,165 @@ class RedisBrokerInspector:
 def _text(value: bytes | str) -> str:
     """A Redis reply as text (kombu writes UTF-8)."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+# -- the queue browser -----------------------------------------------------------------------------------------
+
+# One batch of a move, atomic: each message leaves the source list only if it is still there, and enters the
+# target in the same step. ARGV holds (message as read, message as it goes to the target) pairs; LREM with count
+# -1 scans from the tail, where the oldest messages (the next to be served) are, so moving from the tail is O(1)
+# per message. A Redis that dies between two batches leaves every message either moved or where it was.
+_MOVE_SCRIPT: Final = """
+local moved = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+_DELETE_SCRIPT: Final = """
+local deleted = 0
+for i = 1, #ARGV do
+  deleted = deleted + redis.call('LREM', KEYS[1], -1, ARGV[i])
+end
+return deleted
+"""
+
+
+class RedisQueueBrowser(QueueBrowser):
+    """Queue messages on a Redis broker, read with LRANGE (nothing removed) and moved by an atomic Lua script.
+
+    A queue is one list per priority step (dashboard.model.kombu); kombu pushes on the left (LPUSH) and workers
+    pop from the right (BRPOP over the steps in ascending order), so serving order is: step 0's list from its
+    tail, then step 3's, and so on. Moving keeps each message's step and its order.
+    """
+
+    transport = "redis"
+    peek_method = "LRANGE over the queue's lists (nothing is taken)"
+
+    def __init__(self, inspector: RedisBrokerInspector, *, batch: int = MOVE_BATCH) -> None:
+        self.inspector = inspector
+        self.layout = inspector.layout
+        self.batch = batch
+        client = inspector._client
+        self._client = client
+        self._move = client.register_script(_MOVE_SCRIPT)
+        self._delete = client.register_script(_DELETE_SCRIPT)
+
+    @contextmanager
+    def _translated(self, done: Callable[[], int] | None = None) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            with self.inspector._translated(started):
+                yield
+        except BrokerUnavailable as exc:
+            if done is None:
+                raise
+            count = done()
+            raise ActionInterrupted(f"{exc}; {count} message(s) were handled before that, the others stay where "
+                                    "they were", count) from None
+
+    def _lengths(self, queue: str) -> list[tuple[str, int]]:
+        keys = self.layout.queue_keys(queue)
+        with self._client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.llen(key)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        return [(key, reply if isinstance(reply, int) else 0) for key, reply in zip(keys, replies, strict=True)]
+
+    def depth(self, queue: str) -> int:
+        """Sum of LLEN over the priority sub-lists."""
+        with self._translated():
+            return sum(length for _, length in self._lengths(queue))
+
+    def peek(self, queue: str, limit: int, offset: int = 0) -> QueuePeek:
+        """LLEN of every sub-list, then LRANGE of the slices the page covers (two round trips, nothing taken)."""
+        limit, offset = checked_page(limit, offset)
+        with self._translated():
+            lengths = self._lengths(queue)
+            wanted: list[tuple[str, int, int]] = []  # key, first and last position counted from the tail
+            start = 0
+            for key, length in lengths:
+                first, last = max(offset - start, 0), min(offset + limit - start, length) - 1
+                if first <= last:
+                    wanted.append((key, first, last))
+                start += length
+            with self._client.pipeline(transaction=False) as pipe:
+                for key, first, last in wanted:
+                    pipe.lrange(key, -(last + 1), -(first + 1))
+                slices: list[Any] = pipe.execute(raise_on_error=False)
+        raw: list[bytes] = []
+        for items in slices:
+            if isinstance(items, list):
+                raw.extend(reversed(items))  # LRANGE reads head to tail; the tail is served first
+        depth = sum(length for _, length in lengths)
+        return QueuePeek(queue, depth, offset, decoded([redis_envelope(item) for item in raw[:limit]]),
+                         exists=depth > 0)
+
+    def target_binding(self, queue: str) -> tuple[str, str]:
+        """(exchange, routing_key) a message for `queue` is delivered with: the queue's own binding when there is
+        one (Celery binds a queue to an exchange of its name by default), else (queue, queue)."""
+        bindings = [binding for binding in self.inspector.bindings() if binding.queue == queue]
+        for binding in sorted(bindings, key=lambda b: (b.exchange != queue, b.exchange, b.routing_key)):
+            return binding.exchange, binding.routing_key
+        return queue, queue
+
+    def move(self, queue: str, to: str, selection: Selection) -> int:
+        """Move the selected messages, oldest first, keeping their priority step (see _MOVE_SCRIPT)."""
+        exchange, routing_key = self.target_binding(to)
+        targets = dict(zip(self.layout.queue_keys(queue), self.layout.queue_keys(to), strict=True))
+
+        def batch(key: str, found: list[bytes]) -> int:
+            args: list[Any] = []
+            for item in found:
+                args += [item, retarget_redis_payload(item, exchange, routing_key) or item]
+            return int(self._move(keys=[key, targets[key]], args=args))
+
+        return self._each_selected(queue, selection, batch)
+
+    def delete(self, queue: str, selection: Selection) -> int:
+        """Delete the selected messages, batch by batch (each batch atomic)."""
+        return self._each_selected(queue, selection, lambda key, found: int(self._delete(keys=[key], args=found)))
+
+    def _each_selected(self, queue: str, selection: Selection, act: Callable[[str, list[bytes]], int]) -> int:
+        """Walk every sub-list from its tail in batches; hand the selected messages of each batch to `act`.
+
+        `kept` counts the messages left at the tail end (not selected), so the next read starts past them: a new
+        message is pushed at the head and never shifts the cursor. A message a worker takes meanwhile is simply
+        not there to move (LREM finds nothing): never moved twice, never lost.
+        """
+        done = 0
+        with self._translated(lambda: done):
+            for key in self.layout.queue_keys(queue):
+                kept = 0
+                while (left := remaining(selection, done)) is None or left > 0:
+                    items: list[Any] = self._client.lrange(key, -(kept + self.batch), -(kept + 1))
+                    if not items:
+                        break
+                    found: list[bytes] = []
+                    for item in reversed(items):  # oldest first
+                        if (left is None or len(found) < left) and selected(redis_envelope(item), selection):
+                            found.append(item)
+                        else:
+                            kept += 1
+                    if found:
+                        done += act(key, found)
+                    if len(items) < self.batch:
+                        break
+        return done
+
+    def purge(self, queue: str) -> int:
+        """LLEN and DEL of every sub-list in one MULTI (kombu's own purge, atomic)."""
+        keys = self.layout.queue_keys(queue)
+        with self._translated(), self._client.pipeline(transaction=True) as pipe:
+            for key in keys:
+                pipe.llen(key)
+                pipe.delete(key)
+            replies: list[Any] = pipe.execute()
+        return sum(reply for reply in replies[::2] if isinstance(reply, int))
+
+    def close(self) -> None:
+        """The inspector owns the connections."""
+        self.inspector.close()
