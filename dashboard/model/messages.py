@@ -66,6 +66,16 @@ class QueuedMessage:
     truncated: bool = False  # args or kwargs were cut (or only a repr was available)
     problem: str | None = None  # why the arguments could not be decoded
 
+    @property
+    def args_text(self) -> str:
+        """The args as one line of JSON (or the cut text), for a page."""
+        return _shown(self.args)
+
+    @property
+    def kwargs_text(self) -> str:
+        """The kwargs as one line of JSON (or the cut text), for a page."""
+        return _shown(self.kwargs)
+
     def to_dict(self, *, registered: bool, sent_at: float | None = None) -> dict[str, Any]:
         """The JSON API's message shape (`registered` and `sent_at` come from the dashboard's other knowledge)."""
         return {
@@ -75,6 +85,14 @@ class QueuedMessage:
             "parent_id": self.parent_id, "root_id": self.root_id, "origin": self.origin,
             "redelivered": self.redelivered, "truncated": self.truncated, "problem": self.problem,
         }
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=repr)
 
 
 # -- envelopes -------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from .events.monitor import Monitor
 from .events.resync import Resync
 from .events.stats import TaskStats
 from .events.stream import StreamLog
+from .queues import QueueService
 from .render_cache import RenderCache
 from .routing import RoutingService
 from .sessions import SessionRevocations
@@ -36,6 +37,7 @@ class Services:
     dispatcher: Dispatcher
     revocations: SessionRevocations
     rendered: RenderCache  # task messages and rows, shared by the websockets
+    queues: QueueService  # the queue browser: peek, move, purge, delete by name
     live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
 
     def ensure_started(self) -> None:
@@ -47,6 +49,7 @@ class Services:
         """Stop the threads and release the connections (tests, clean shutdown)."""
         self.monitor.stop()
         self.client.close()
+        self.queues.close()
         self.revocations.close()
         if self.audit is not None:
             self.audit.close()
