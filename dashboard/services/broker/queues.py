@@ -67,6 +67,19 @@ def checked_page(limit: int, offset: int) -> tuple[int, int]:
     return max(1, min(limit, MAX_PAGE)), max(0, offset)
 
 
+def page_slices(lengths: list[int], offset: int, limit: int) -> list[tuple[int, int, int]]:
+    """Which part of each list a page covers, lists taken in serving order one after the other: (list index,
+    first, last) positions counted from the list's tail (0 = served next), inclusive."""
+    slices = []
+    start = 0
+    for index, length in enumerate(lengths):
+        first, last = max(offset - start, 0), min(offset + limit - start, length) - 1
+        if first <= last:
+            slices.append((index, first, last))
+        start += length
+    return slices
+
+
 def selected(envelope: Envelope, selection: Selection) -> bool:
     """True when `selection` takes this message (without decoding its arguments when the headers suffice)."""
     if selection.everything:

@@ -20,7 +20,16 @@ from ...model.kombu import Binding, KombuRedisLayout, user_queues
 from ...model.messages import Selection, redis_envelope, retarget_redis_payload
 from ...model.routing import BrokerQueue
 from ...model.secrets import reason
-from .queues import MOVE_BATCH, QueueBrowser, QueuePeek, checked_page, decoded, remaining, selected
+from .queues import (
+    MOVE_BATCH,
+    QueueBrowser,
+    QueuePeek,
+    checked_page,
+    decoded,
+    page_slices,
+    remaining,
+    selected,
+)
 from .urls import REDIS_SCHEMES, broker_scheme, shown_url
 
 log = logging.getLogger(__name__)
@@ -337,16 +346,9 @@ class RedisQueueBrowser(QueueBrowser):
         limit, offset = checked_page(limit, offset)
         with self._translated():
             lengths = self._lengths(queue)
-            wanted: list[tuple[str, int, int]] = []  # key, first and last position counted from the tail
-            start = 0
-            for key, length in lengths:
-                first, last = max(offset - start, 0), min(offset + limit - start, length) - 1
-                if first <= last:
-                    wanted.append((key, first, last))
-                start += length
             with self._client.pipeline(transaction=False) as pipe:
-                for key, first, last in wanted:
-                    pipe.lrange(key, -(last + 1), -(first + 1))
+                for index, first, last in page_slices([length for _, length in lengths], offset, limit):
+                    pipe.lrange(lengths[index][0], -(last + 1), -(first + 1))
                 slices: list[Any] = pipe.execute(raise_on_error=False)
         raw: list[bytes] = []
         for items in slices:
