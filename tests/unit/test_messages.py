@@ -200,9 +200,10 @@ def test_delete_needs_a_name_and_purge_the_queue_typed_again() -> None:
         with pytest.raises(RequestInvalid, match="name"):
             parse_delete(body)
     parse_purge("orphan", {"confirm": "orphan"})
-    for body in ({}, {"confirm": "orpha"}, {"confirm": "ORPHAN"}, None, {"confirm": 1}):
+    bodies: list[Any] = [{}, {"confirm": "orpha"}, {"confirm": "ORPHAN"}, None, {"confirm": 1}]
+    for wrong in bodies:
         with pytest.raises(RequestInvalid, match="confirm"):
-            parse_purge("orphan", body)
+            parse_purge("orphan", wrong)
 
 
 @pytest.mark.parametrize(("name", "problem"), [("q", None), ("a/b.c:d", None), ("", "give"), (" q", "spaces"),
