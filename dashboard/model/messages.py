@@ -155,8 +155,11 @@ def management_envelope(item: Mapping[str, Any]) -> Envelope:
     else:
         body = text.encode("utf-8", "surrogatepass")
     headers = properties.get("headers")
+    # The management API shows an AMQP void (Python's None) as the string "undefined".
+    headers = {key: None if value == "undefined" else value for key, value in headers.items()} \
+        if isinstance(headers, Mapping) else {}
     return Envelope(body, str(properties.get("content_type") or ""), str(properties.get("content_encoding") or ""),
-                    headers if isinstance(headers, Mapping) else {}, _int(properties.get("priority")),
+                    headers, _int(properties.get("priority")),
                     redelivered=item.get("redelivered") is True, problem=problem)
 
 

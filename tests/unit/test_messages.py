@@ -120,6 +120,9 @@ def test_fields_are_capped_in_length() -> None:
                                  "content_encoding": "utf-8", "priority": 5}},
                  {"name": "billing.charge", "args": [1], "kwargs": {"a": "b"}, "priority": 5, "redelivered": True},
                  id="string payload"),
+    pytest.param({"payload": "[[], {}, {}]", "properties": {"content_type": "application/json", "headers":
+                  protocol2_headers(eta="undefined", parent_id="undefined")}},
+                 {"eta": None, "parent_id": None}, id="the management API's 'undefined' is None"),
     pytest.param({"payload": base64.b64encode(json.dumps(PROTOCOL1_BODY).encode()).decode(),
                   "payload_encoding": "base64", "properties": {"content_type": "application/json"}},
                  {"name": "legacy.add", "protocol": 1, "priority": None}, id="base64 payload, protocol 1"),

@@ -18,6 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -363,7 +364,8 @@ class AmqpQueueBrowser(QueueBrowser):
     # -- reading -------------------------------------------------------------------------------------------------
 
     def _stat(self, queue: str) -> QueueStat:
-        stat = self.inspector.stats([queue])[0]
+        started = time.monotonic()  # one passive declare (stats() would list the whole vhost first)
+        stat = self.inspector._with_connection(started, lambda: self.inspector._declare(queue, started))
         if stat.exists and stat.depth is None:
             raise BrokerUnavailable(f"RabbitMQ would not measure queue {queue!r} (another connection's exclusive "
                                     "queue?)")
@@ -494,26 +496,28 @@ class AmqpQueueBrowser(QueueBrowser):
         ones; the others stay unacknowledged, so RabbitMQ requeues them when the connection closes."""
         channel = connection.channel()
         depth = int(channel.queue_declare(queue=queue, passive=True).message_count)
+        # Deliveries are queued here and handled outside the callback: waiting for a publisher confirm drains the
+        # connection, which would otherwise hand over the next message before this one is counted.
+        delivered: deque[Any] = deque()
         seen = 0
-
-        def on_message(message: Any) -> None:
-            nonlocal seen
-            seen += 1
-            left = remaining(selection, done())
-            envelope = Envelope(bytes(message.body or b""), str(message.content_type or ""),
-                                str(message.content_encoding or ""), message.headers or {},
-                                message.properties.get("priority"))
-            if (left is None or left > 0) and selected(envelope, selection):
-                act(message)
-
-        consumer = _kombu.Consumer(channel, queues=[_kombu.Queue(queue, no_declare=True)], on_message=on_message,
-                                  accept=[], no_ack=False, auto_declare=False)
+        consumer = _kombu.Consumer(channel, queues=[_kombu.Queue(queue, no_declare=True)],
+                                   on_message=delivered.append, accept=[], no_ack=False, auto_declare=False)
         with consumer:
             while seen < depth and ((left := remaining(selection, done())) is None or left > 0):
-                try:
-                    connection.drain_events(timeout=min(self.timeout, IDLE_WAIT))
-                except TimeoutError:  # socket.timeout: nothing more came
-                    break
+                if not delivered:
+                    try:
+                        connection.drain_events(timeout=min(self.timeout, IDLE_WAIT))
+                    except TimeoutError:  # socket.timeout: nothing more came (others took the rest)
+                        break
+                    continue
+                message = delivered.popleft()
+                seen += 1
+                body = message.body or b""
+                envelope = Envelope(body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body),
+                                    str(message.content_type or ""), str(message.content_encoding or ""),
+                                    message.headers or {}, message.properties.get("priority"))
+                if selected(envelope, selection):
+                    act(message)
 
     def close(self) -> None:
         """The inspector owns the kept connection."""
