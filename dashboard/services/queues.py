@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..exceptions import CannotPeek, DashboardError, QueueNotFound
+from ..model.guard import closest_registered
 from ..model.messages import MoveRequest, QueuedMessage, Selection
 from ..model.state import State
 from .broker.queues import QueueBrowser, QueuePeek
@@ -26,10 +27,12 @@ class MessageRow:
     registered: bool  # an online worker registers its name (the routing report's definition)
     sent_at: float | None  # from the task-sent event, when the dashboard saw it
     target: str | None  # where the workers' own routes (else the API's) send this name
+    suggestion: str | None = None  # for an unregistered name: the registered name it most likely misspells
 
     def to_dict(self) -> dict[str, object]:
         """The JSON API's message shape."""
-        return {**self.message.to_dict(registered=self.registered, sent_at=self.sent_at), "target": self.target}
+        return {**self.message.to_dict(registered=self.registered, sent_at=self.sent_at), "target": self.target,
+                "did_you_mean": self.suggestion}
 
 
 @dataclass(frozen=True)
@@ -98,17 +101,20 @@ class QueueService:
     def _page(self, peek: QueuePeek, limit: int) -> QueuePage:
         report = self.routing.report
         targets: dict[str, str | None] = {}
+        suggestions: dict[str, str | None] = {}
         rows = []
         for message in peek.messages:
             name = message.name
             if name is not None and name not in targets:
                 targets[name] = self.target_for(name)
+            registered = report is not None and name is not None and report.registers(name)
+            if report is not None and name is not None and not registered and name not in suggestions:
+                suggestions[name] = closest_registered(report, name)
             task = self.state.task(message.id) if message.id else None
             rows.append(MessageRow(
-                message,
-                registered=report is not None and name is not None and report.registers(name),
-                sent_at=task.timestamps.get("sent") if task is not None else None,
+                message, registered=registered, sent_at=task.timestamps.get("sent") if task is not None else None,
                 target=targets.get(name) if name is not None else None,
+                suggestion=suggestions.get(name) if name is not None and not registered else None,
             ))
         names = Counter(message.name or "" for message in peek.messages)
         return QueuePage(peek.queue, peek.depth, peek.offset, limit, tuple(rows), peek.exists,

@@ -257,6 +257,8 @@ def schemas() -> Schema:
             "truncated": {"type": "boolean", "description": "args or kwargs were cut, or only a repr is known"},
             "problem": OPT_STRING, "target": {"type": ["string", "null"], "description":
                                               "Where the workers' routes (else the API's) send this name"},
+            "did_you_mean": {"type": ["string", "null"],
+                             "description": "For a name nobody registers: the registered name it likely misspells"},
         }),
         "QueueMessages": object_of({
             "queue": STRING, "depth": INTEGER, "offset": INTEGER, "limit": INTEGER,

@@ -121,6 +121,7 @@ def test_a_peek_shows_the_messages_in_serving_order_and_takes_none(cluster: Clus
     assert [m["id"] for m in first["messages"]] == good + typo  # oldest first, as a worker would receive them
     assert [(m["name"], m["registered"]) for m in first["messages"]] == [(UNFURL, True)] * 3 + [(TYPO, False)] * 2
     assert first["messages"][0]["kwargs"] == {"url": "https://example.com/0"} and first["messages"][0]["args"] == []
+    assert first["messages"][4]["did_you_mean"] == UNFURL and first["messages"][0]["did_you_mean"] is None
     assert {"eta", "priority", "retries"} <= first["messages"][0].keys()
     assert [m["id"] for m in again["messages"]] == (good + typo)[1:3] and again["depth"] == 5
     page = call(cluster.server, "GET", f"/queues/{stranded}").text
