@@ -115,11 +115,19 @@ def _int(value: Any) -> int | None:
     return None
 
 
-def redis_envelope(raw: bytes | str) -> Envelope:
-    """kombu's Redis transport payload (one list element) as an Envelope; `problem` says what was wrong."""
+def load_redis_payload(raw: bytes | str) -> Any:
+    """One list element decoded (a dict for a kombu message), or None when it is not JSON."""
     try:
-        payload = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError):
+        return None
+
+
+def redis_envelope(raw: bytes | str | Mapping[str, Any]) -> Envelope:
+    """kombu's Redis transport payload (one list element, or it decoded) as an Envelope; `problem` says what was
+    wrong."""
+    payload = load_redis_payload(raw) if isinstance(raw, (bytes, str)) else raw
+    if payload is None:
         return Envelope(b"", "", "", {}, None, problem="not a kombu message (not JSON)")
     if not isinstance(payload, Mapping):
         return Envelope(b"", "", "", {}, None, problem="not a kombu message (not a JSON object)")
@@ -367,13 +375,20 @@ def parse_purge(queue: str, body: Any) -> None:
 # -- rewriting a Redis payload for another queue -------------------------------------------------------------
 
 
-def retarget_redis_payload(raw: bytes | str, exchange: str, routing_key: str) -> str | None:
+def redis_name_and_id(payload: Any) -> tuple[str | None, str | None]:
+    """(task name, id) of a decoded Redis payload: from the headers (protocol 2) without touching the body."""
+    headers = payload.get("headers") if isinstance(payload, dict) else None
+    if isinstance(headers, dict) and "task" in headers and "id" in headers:
+        name, task_id = headers["task"], headers["id"]
+        return (name if isinstance(name, str) else None), (task_id if isinstance(task_id, str) else None)
+    return task_name_and_id(redis_envelope(payload)) if isinstance(payload, dict) else (None, None)
+
+
+def retarget_redis_payload(raw: bytes | str | dict[str, Any], exchange: str, routing_key: str) -> str | None:
     """The same kombu Redis payload, delivered to `exchange`/`routing_key` (what republishing would write, so a
-    worker that dies holding it restores it to the new queue, not the old one); None when it is not one."""
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
+    worker that dies holding it restores it to the new queue, not the old one); None when it is not one.
+    A decoded payload is changed in place."""
+    payload = load_redis_payload(raw) if isinstance(raw, (bytes, str)) else raw
     if not isinstance(payload, dict):
         return None
     properties = payload.get("properties")

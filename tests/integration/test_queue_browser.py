@@ -288,3 +288,40 @@ def test_a_move_interrupted_by_killing_redis_loses_and_duplicates_nothing(tmp_pa
     assert 0 < len(moved) < total and len(moved) - interrupted.done in (0, 100)  # at most the unanswered batch
     assert sorted(left + moved) == ids  # nothing lost, nothing twice
     assert list(reversed(moved)) == ids[:len(moved)]  # the oldest went first, in order
+
+
+def test_a_worker_taking_messages_during_a_move_is_neither_lost_nor_duplicated(broker_url: str) -> None:
+    # Between each read of a window and its atomic move, a "worker" pops the oldest message (BRPOP's end): the
+    # script sees the tail changed and the window is read again. Selecting one name of two makes the mover leave
+    # messages behind at the tail, the case where positions matter.
+    source, target = unique("busy"), unique("busy-target")
+    connection = redis.Redis.from_url(broker_url)
+    ids = [f"{source}-{i:03d}" for i in range(100)]
+    for index, task_id in enumerate(ids):
+        message = json.loads(kombu_message(task_id))
+        message["headers"]["task"] = TYPO if index % 2 else UNFURL
+        connection.lpush(source, json.dumps(message))
+    browser = RedisQueueBrowser(RedisBrokerInspector(broker_url, {}, 2.0), batch=10)
+    taken_by_worker: list[str] = []
+    read = browser._client.lrange
+
+    def read_then_a_worker_takes_one(*args: Any) -> Any:
+        window = read(*args)
+        popped = connection.rpop(source)
+        if popped is not None:
+            taken_by_worker.append(json.loads(popped)["headers"]["id"])
+        return window
+
+    browser._client.lrange = read_then_a_worker_takes_one  # type: ignore[method-assign]
+    try:
+        moved = browser.move(source, target, Selection(name=TYPO))
+    finally:
+        browser.close()
+    left = [json.loads(raw)["headers"] for raw in connection.lrange(source, 0, -1)]
+    arrived = [json.loads(raw)["headers"] for raw in connection.lrange(target, 0, -1)]
+    connection.delete(source, target)
+    connection.close()
+
+    assert moved == len(arrived) > 0 and taken_by_worker
+    assert sorted([h["id"] for h in left] + [h["id"] for h in arrived] + taken_by_worker) == ids
+    assert {h["task"] for h in arrived} == {TYPO} and TYPO not in {h["task"] for h in left}

@@ -17,7 +17,13 @@ from redis.retry import Retry
 
 from ...exceptions import ActionInterrupted, BrokerUnavailable, ConfigError
 from ...model.kombu import Binding, KombuRedisLayout, user_queues
-from ...model.messages import Selection, redis_envelope, retarget_redis_payload
+from ...model.messages import (
+    Selection,
+    load_redis_payload,
+    redis_envelope,
+    redis_name_and_id,
+    retarget_redis_payload,
+)
 from ...model.routing import BrokerQueue
 from ...model.secrets import reason
 from .queues import (
@@ -28,7 +34,6 @@ from .queues import (
     decoded,
     page_slices,
     remaining,
-    selected,
 )
 from .urls import REDIS_SCHEMES, broker_scheme, shown_url
 
@@ -272,26 +277,46 @@ def _text(value: bytes | str) -> str:
 
 # -- the queue browser -----------------------------------------------------------------------------------------
 
-# One batch of a move, atomic: each message leaves the source list only if it is still there, and enters the
-# target in the same step. ARGV holds (message as read, message as it goes to the target) pairs; LREM with count
-# -1 scans from the tail, where the oldest messages (the next to be served) are, so moving from the tail is O(1)
-# per message. A Redis that dies between two batches leaves every message either moved or where it was.
-_MOVE_SCRIPT: Final = """
-local moved = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
-    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
-    moved = moved + 1
+# One window of a move or delete, atomic. The caller read the window (`n` messages just past the `kept` ones at the
+# tail, which it leaves in place) and says, per message in serving order, what becomes of it: ARGV = kept, n, then
+# per message (as read, as it goes to the target), the second "" to keep it (for a delete, any other value takes
+# it). The script checks the window is still exactly what was read (else -1: a worker or another mover changed the
+# tail; the caller reads again), pops the tail up to the window's end, pushes the taken ones onto the target
+# (oldest first) and the others back onto the tail in their order. O(kept + n) per window, whatever is selected.
+# A Redis that dies between two windows leaves every message either moved or where it was.
+_WINDOW_SCRIPT: Final = """
+local kept, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local window = redis.call('LRANGE', KEYS[1], -(kept + n), -(kept + 1))
+if #window ~= n then return -1 end
+for i = 1, n do
+  if window[n - i + 1] ~= ARGV[1 + 2 * i] then return -1 end
+end
+local popped = redis.call('RPOP', KEYS[1], kept + n)
+local taken = 0
+for i = 1, n do
+  local replacement = ARGV[2 + 2 * i]
+  if replacement ~= '' then
+    if KEYS[2] ~= KEYS[1] then redis.call('LPUSH', KEYS[2], replacement) end
+    taken = taken + 1
   end
 end
-return moved
-"""
-_DELETE_SCRIPT: Final = """
-local deleted = 0
-for i = 1, #ARGV do
-  deleted = deleted + redis.call('LREM', KEYS[1], -1, ARGV[i])
+for i = kept + n, 1, -1 do
+  if i <= kept or ARGV[2 + 2 * (i - kept)] == '' then redis.call('RPUSH', KEYS[1], popped[i]) end
 end
-return deleted
+return taken
+"""
+_IDLE_RETRIES: Final = 50  # windows in a row that changed under us and moved nothing: give up
+# When the tail changed under a window (a worker took a message), its selected messages are handled by value
+# instead, each atomically: LREM (count -1: from the tail) finds it wherever it now is, or finds it gone.
+_BY_VALUE_SCRIPT: Final = """
+local taken = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], -1, ARGV[i]) == 1 then
+    if KEYS[2] ~= KEYS[1] then redis.call('LPUSH', KEYS[2], ARGV[i + 1]) end
+    taken = taken + 1
+  end
+end
+return taken
 """
 
 
@@ -312,8 +337,8 @@ class RedisQueueBrowser(QueueBrowser):
         self.batch = batch
         client = inspector._client
         self._client = client
-        self._move = client.register_script(_MOVE_SCRIPT)
-        self._delete = client.register_script(_DELETE_SCRIPT)
+        self._window = client.register_script(_WINDOW_SCRIPT)
+        self._by_value = client.register_script(_BY_VALUE_SCRIPT)
 
     @contextmanager
     def _translated(self, done: Callable[[], int] | None = None) -> Iterator[None]:
@@ -367,45 +392,63 @@ class RedisQueueBrowser(QueueBrowser):
         return queue, queue
 
     def move(self, queue: str, to: str, selection: Selection) -> int:
-        """Move the selected messages, oldest first, keeping their priority step (see _MOVE_SCRIPT)."""
+        """Move the selected messages, oldest first, keeping their priority step (see _WINDOW_SCRIPT)."""
         exchange, routing_key = self.target_binding(to)
         targets = dict(zip(self.layout.queue_keys(queue), self.layout.queue_keys(to), strict=True))
 
-        def batch(key: str, found: list[bytes]) -> int:
-            args: list[Any] = []
-            for item in found:
-                args += [item, retarget_redis_payload(item, exchange, routing_key) or item]
-            return int(self._move(keys=[key, targets[key]], args=args))
+        def moved(raw: bytes, payload: Any) -> bytes | str:
+            decoded = payload if payload is not None else load_redis_payload(raw)
+            return (retarget_redis_payload(decoded, exchange, routing_key) if decoded is not None else None) or raw
 
-        return self._each_selected(queue, selection, batch)
+        return self._each_selected(queue, selection, targets, moved)
 
     def delete(self, queue: str, selection: Selection) -> int:
-        """Delete the selected messages, batch by batch (each batch atomic)."""
-        return self._each_selected(queue, selection, lambda key, found: int(self._delete(keys=[key], args=found)))
+        """Delete the selected messages, window by window (each atomic)."""
+        keys = self.layout.queue_keys(queue)
+        return self._each_selected(queue, selection, dict(zip(keys, keys, strict=True)), lambda raw, payload: "x")
 
-    def _each_selected(self, queue: str, selection: Selection, act: Callable[[str, list[bytes]], int]) -> int:
-        """Walk every sub-list from its tail in batches; hand the selected messages of each batch to `act`.
+    def _each_selected(self, queue: str, selection: Selection, targets: Mapping[str, str],
+                       replacement: Callable[[bytes, Any], bytes | str]) -> int:
+        """Walk every sub-list from its tail, window by window: the selected messages go to `targets[key]` as
+        `replacement` makes them (to nowhere when the target is the list itself), the others stay in place.
 
-        `kept` counts the messages left at the tail end (not selected), so the next read starts past them: a new
-        message is pushed at the head and never shifts the cursor. A message a worker takes meanwhile is simply
-        not there to move (LREM finds nothing): never moved twice, never lost.
+        `kept` counts the messages left at the tail end, so the next window starts past them: a new message is
+        pushed at the head and never shifts it. When the tail changed since the window was read (a worker took a
+        message), that window's selected messages are moved by value and reading starts again from the tail: a
+        message is never moved twice, never lost.
         """
         done = 0
         with self._translated(lambda: done):
             for key in self.layout.queue_keys(queue):
-                kept = 0
+                kept = idle = 0
                 while (left := remaining(selection, done)) is None or left > 0:
                     items: list[Any] = self._client.lrange(key, -(kept + self.batch), -(kept + 1))
                     if not items:
                         break
-                    found: list[bytes] = []
+                    args: list[Any] = []
+                    taking = skipped = 0
                     for item in reversed(items):  # oldest first
-                        if (left is None or len(found) < left) and selected(redis_envelope(item), selection):
-                            found.append(item)
-                        else:
-                            kept += 1
-                    if found:
-                        done += act(key, found)
+                        take = left is None or taking < left
+                        payload = None
+                        if take and not selection.everything:
+                            payload = load_redis_payload(item)
+                            take = selection.matches(*redis_name_and_id(payload))
+                        taking += take
+                        skipped += not take
+                        args += [item, replacement(item, payload) if take else ""]
+                    taken = int(self._window(keys=[key, targets[key]], args=[kept, len(items), *args]))
+                    if taken < 0:  # the tail moved under us: this window by value, then read again from the tail
+                        chosen = [arg for i in range(0, len(args), 2) if args[i + 1] != "" for arg in args[i:i + 2]]
+                        by_value = int(self._by_value(keys=[key, targets[key]], args=chosen)) if chosen else 0
+                        done += by_value
+                        kept, idle = 0, 0 if by_value else idle + 1
+                        if idle > _IDLE_RETRIES:
+                            raise BrokerUnavailable(f"queue {queue!r} changed under every read ({idle} in a row); "
+                                                    "try again when it is quieter")
+                        continue
+                    idle = 0
+                    done += taken
+                    kept += skipped
                     if len(items) < self.batch:
                         break
         return done
