@@ -308,11 +308,11 @@ def test_a_worker_taking_messages_during_a_move_is_neither_lost_nor_duplicated(b
     def read_then_a_worker_takes_one(*args: Any) -> Any:
         window = read(*args)
         popped = connection.rpop(source)
-        if popped is not None:
+        if isinstance(popped, bytes):
             taken_by_worker.append(json.loads(popped)["headers"]["id"])
         return window
 
-    browser._client.lrange = read_then_a_worker_takes_one  # type: ignore[method-assign]
+    browser._client.lrange = read_then_a_worker_takes_one  # type: ignore[method-assign,assignment]
     try:
         moved = browser.move(source, target, Selection(name=TYPO))
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -278,30 +279,37 @@ def _text(value: bytes | str) -> str:
 # -- the queue browser -----------------------------------------------------------------------------------------
 
 # One window of a move or delete, atomic. The caller read the window (`n` messages just past the `kept` ones at the
-# tail, which it leaves in place) and says, per message in serving order, what becomes of it: ARGV = kept, n, then
-# per message (as read, as it goes to the target), the second "" to keep it (for a delete, any other value takes
-# it). The script checks the window is still exactly what was read (else -1: a worker or another mover changed the
-# tail; the caller reads again), pops the tail up to the window's end, pushes the taken ones onto the target
-# (oldest first) and the others back onto the tail in their order. O(kept + n) per window, whatever is selected.
-# A Redis that dies between two windows leaves every message either moved or where it was.
+# tail, which it leaves in place) and says, per message in serving order, what becomes of it: ARGV = kept, n, a
+# tombstone (a value no message has), then per message (as read, as it goes to the target), the second "" to keep
+# it (for a delete, any other value takes it). The script checks the window is still exactly what was read (else
+# -1: a worker changed the tail; the caller handles it), then pushes the taken ones onto the target (oldest
+# first) and removes them from the source: with nothing kept, by popping the tail and pushing back the others;
+# past kept messages, by overwriting each taken one with the tombstone (LSET) and removing the tombstones in one
+# scan from the tail (LREM), so the kept messages are never copied. A Redis that dies between two windows leaves
+# every message either moved or where it was.
 _WINDOW_SCRIPT: Final = """
-local kept, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local kept, n, tombstone = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local window = redis.call('LRANGE', KEYS[1], -(kept + n), -(kept + 1))
 if #window ~= n then return -1 end
 for i = 1, n do
-  if window[n - i + 1] ~= ARGV[1 + 2 * i] then return -1 end
+  if window[n - i + 1] ~= ARGV[2 + 2 * i] then return -1 end
 end
-local popped = redis.call('RPOP', KEYS[1], kept + n)
 local taken = 0
 for i = 1, n do
-  local replacement = ARGV[2 + 2 * i]
+  local replacement = ARGV[3 + 2 * i]
   if replacement ~= '' then
     if KEYS[2] ~= KEYS[1] then redis.call('LPUSH', KEYS[2], replacement) end
     taken = taken + 1
+    if kept > 0 then redis.call('LSET', KEYS[1], -(kept + i), tombstone) end
   end
 end
-for i = kept + n, 1, -1 do
-  if i <= kept or ARGV[2 + 2 * (i - kept)] == '' then redis.call('RPUSH', KEYS[1], popped[i]) end
+if kept > 0 then
+  if taken > 0 then redis.call('LREM', KEYS[1], -taken, tombstone) end
+  return taken
+end
+local popped = redis.call('RPOP', KEYS[1], n)
+for i = n, 1, -1 do
+  if ARGV[3 + 2 * i] == '' then redis.call('RPUSH', KEYS[1], popped[i]) end
 end
 return taken
 """
@@ -418,6 +426,7 @@ class RedisQueueBrowser(QueueBrowser):
         message is never moved twice, never lost.
         """
         done = 0
+        tombstone = f"\x00dispatch-dashboard-moved-{uuid.uuid4()}"  # no kombu message looks like this
         with self._translated(lambda: done):
             for key in self.layout.queue_keys(queue):
                 kept = idle = 0
@@ -436,7 +445,7 @@ class RedisQueueBrowser(QueueBrowser):
                         taking += take
                         skipped += not take
                         args += [item, replacement(item, payload) if take else ""]
-                    taken = int(self._window(keys=[key, targets[key]], args=[kept, len(items), *args]))
+                    taken = int(self._window(keys=[key, targets[key]], args=[kept, len(items), tombstone, *args]))
                     if taken < 0:  # the tail moved under us: this window by value, then read again from the tail
                         chosen = [arg for i in range(0, len(args), 2) if args[i + 1] != "" for arg in args[i:i + 2]]
                         by_value = int(self._by_value(keys=[key, targets[key]], args=chosen)) if chosen else 0
