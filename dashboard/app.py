@@ -19,7 +19,7 @@ from .model.series import QueueSample
 from .model.state import State
 from .resources import resource_dir
 from .services.audit import DAY, PRUNE_EVERY, AuditLog
-from .services.broker import BrokerInspector, broker_inspector
+from .services.broker import BrokerInspector, QueueBrowser, broker_inspector, queue_browser
 from .services.client import ClientSettings, SendOnlyClient
 from .services.container import Services
 from .services.dispatch import Dispatcher
@@ -32,6 +32,7 @@ from .services.events.stats import TaskStats
 from .services.events.stream import StreamLog
 from .services.history import History, HistoryWriter, open_store
 from .services.inspection import WorkerInspector
+from .services.queues import QueueService
 from .services.render_cache import RenderCache
 from .services.routing import RoutingService
 from .services.sessions import SessionRevocations
@@ -125,7 +126,7 @@ def build_services(
         resync=resync, stats=stats, audit=audit, dispatcher=Dispatcher(client, routing, audit, stats, sink),
         revocations=(SessionRevocations(settings.broker_url, settings.result_backend) if config.auth.enabled
                      else SessionRevocations()),
-        rendered=RenderCache(), history=history, live=live,
+        rendered=RenderCache(), queues=_queues(settings, routing, state, client), history=history, live=live,
     )
 
 
@@ -166,6 +167,16 @@ def _broker(config: Config, settings: ClientSettings) -> BrokerInspector | None:
     except ConfigError as exc:
         log.warning("queue depths unavailable: %s", exc)
         return None
+
+
+def _queues(settings: ClientSettings, routing: RoutingService, state: State, client: SendOnlyClient) -> QueueService:
+    browser: QueueBrowser | None = None
+    unavailable = None
+    try:
+        browser = queue_browser(settings.broker_url, settings.broker_transport_options, settings.timeout)
+    except ConfigError as exc:
+        unavailable = f"the queue browser is unavailable: {exc}"
+    return QueueService(browser, routing, state, client, unavailable=unavailable)
 
 
 def _audit_retention(audit: AuditLog, days: float) -> Job:

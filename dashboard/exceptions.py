@@ -26,3 +26,19 @@ class DispatchRefused(DashboardError):
         super().__init__(message)
         self.warnings = warnings
         self.queue = queue
+
+
+class QueueNotFound(DashboardError):
+    """The queue does not exist on the broker (RabbitMQ: 404 NOT_FOUND); answered with 404."""
+
+
+class CannotPeek(DashboardError):
+    """The broker cannot show a queue's messages without taking them (RabbitMQ without the management API)."""
+
+
+class ActionInterrupted(BrokerUnavailable):
+    """A move or delete stopped halfway by a broker failure: `done` messages were handled, the rest stay put."""
+
+    def __init__(self, message: str, done: int) -> None:
+        super().__init__(message)
+        self.done = done

@@ -52,8 +52,7 @@ def dispatch_guard(report: RoutingReport | None, name: str, queue: str, *, strea
     if report is None or not stream_live:
         return Guard(queue, False, False, known=False)
     row = report.queue(queue)
-    task = report.task(name)
-    unregistered = task is None or not task.registered_on
+    unregistered = not report.registers(name)
     return Guard(queue, no_consumer=row is None or not row.consumers, unregistered=unregistered, known=True,
                  suggestion=closest_registered(report, name) if unregistered else None)
 

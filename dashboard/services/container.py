@@ -15,6 +15,7 @@ from .events.resync import Resync
 from .events.stats import TaskStats
 from .events.stream import StreamLog
 from .history import History
+from .queues import QueueService
 from .render_cache import RenderCache
 from .routing import RoutingService
 from .sessions import SessionRevocations
@@ -37,6 +38,7 @@ class Services:
     dispatcher: Dispatcher
     revocations: SessionRevocations
     rendered: RenderCache  # task messages and rows, shared by the websockets
+    queues: QueueService  # the queue browser: peek, move, purge, delete by name
     history: History | None = None  # None exactly when history is off
     live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
 
@@ -51,6 +53,7 @@ class Services:
         self.client.close()
         if self.history is not None:
             self.history.store.close()
+        self.queues.close()
         self.revocations.close()
         if self.audit is not None:
             self.audit.close()

@@ -14,16 +14,18 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ..config import MAX_BODY_BYTES
 from ..model.dispatch import OUTCOMES
+from ..model.messages import MAX_PAGE
 from ..model.search import MAX_QUERY_CHARS, SEARCH_SORTS
 from ..model.state import SORT_KEYS
 from ..model.state.tasks import EVENT_STATES
 from ..services.audit import MAX_QUERY_LIMIT
-from . import audit, auth, query, views
+from . import audit, auth, query, queues, views
 from .context import services
 from .openapi_schemas import (
     DESCRIPTION,
     EXAMPLE_TASK_ID,
     EXAMPLE_WORKER,
+    INTEGER,
     NUMBER,
     STRING,
     TASKS_MAX_LIMIT,
@@ -149,6 +151,41 @@ def _paths() -> Schema:
                 **write_40x,
             },
         }},
+        "/api/queues/{queue}/messages": get(
+            "listQueueMessages", "queues", "A page of the messages waiting in a queue, in serving order, none "
+            "consumed (RabbitMQ: read through the management API, which requeues them at once)",
+            json_body(ref_to("QueueMessages"), "One page"),
+            parameters=[path_param("queue", "The queue name", "llm-gpu"),
+                        *paging_params(queues.PAGE_SIZE, MAX_PAGE, query.MAX_OFFSET)],
+            responses={"400": error_answer("Not a queue name, or a paging parameter cannot be used"),
+                       "404": error_answer("The queue does not exist (RabbitMQ)"),
+                       "409": json_body(ref_to("QueueCannotPeek"),
+                                        "The broker cannot show messages without taking them (RabbitMQ without "
+                                        "management_url; depth given), or queues cannot be browsed here"),
+                       "503": error_answer("The broker did not answer")},
+        ),
+        **{f"/api/queues/{{queue}}/{action}": {"post": {
+            "operationId": operation, "tags": ["queues"], "summary": summary,
+            "parameters": [path_param("queue", "The queue name", "llm-gpu")],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref_to(request)}}},
+            "responses": {
+                "200": json_body(object_of({key: INTEGER, "message": STRING}), "Done: how many"),
+                "400": error_answer("Not a queue name, or the body cannot be used (the error says which field)"),
+                "404": error_answer("The queue does not exist (RabbitMQ)"),
+                "409": error_answer("Queues cannot be browsed on this broker"),
+                **too_large,
+                "503": json_body(ref_to("QueueActionFailed"), f"The broker failed; `{key}` says how many were "
+                                 "handled before it did (the others stay where they were)"),
+                **write_40x,
+            },
+        }} for action, operation, summary, request, key in (
+            ("move", "moveQueueMessages", "Move a queue's messages (all, one task name's, given ids) to another "
+             "queue, oldest first, none lost or duplicated", "QueueMove", "moved"),
+            ("purge", "purgeQueue", "Delete every message waiting in a queue (type its name to confirm)",
+             "QueuePurge", "purged"),
+            ("delete", "deleteQueueMessages", "Delete only the messages of one task name", "QueueDelete",
+             "deleted"),
+        )},
         "/api/audit": get(
             "listAuditEntries", "audit", "Dispatch attempts, newest first", json_body(ref_to("AuditPage"), "One page"),
             parameters=[
@@ -217,8 +254,8 @@ def document(app: Flask) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "dispatch-dashboard", "version": release, "description": DESCRIPTION,
                  "license": {"name": "MIT", "identifier": "MIT"}},
-        "tags": [{"name": name} for name in ("dispatch", "tasks", "workers", "monitoring", "routing", "audit",
-                                             "health")],
+        "tags": [{"name": name} for name in ("dispatch", "tasks", "workers", "monitoring", "routing", "queues",
+                                             "audit", "health")],
         "security": security,
         "paths": paths,
         "components": {

@@ -8,6 +8,7 @@ from typing import Any, get_args
 from ..model.alerts import ALERT_KINDS
 from ..model.catalog import PARAM_TYPES
 from ..model.dispatch import MAX_ARGS, MAX_DELAY_SECONDS, MAX_JSON_DEPTH, OPTION_NAMES, OUTCOMES, PRIORITY_RANGE
+from ..model.messages import MAX_SELECT_IDS
 from ..model.routing import SEVERITY, QueueStatus, RouteSource, TaskStatus
 from ..model.state.tasks import EVENT_STATES, TASK_EVENT_TYPES, TIMESTAMP_KEYS
 from ..services.audit import ACTION_OUTCOMES, SOURCES
@@ -249,6 +250,49 @@ def schemas() -> Schema:
             "since": NUMBER, "since_iso": STRING, "raised_at": NUMBER, "updated_at": NUMBER, "cleared_at": NUMBER,
             "message": STRING,
         }, optional=("queue", "task", "depth", "cleared_at")),
+        "QueueMessage": object_of({
+            "id": OPT_STRING, "name": OPT_STRING,
+            "args": {"description": "A list when decoded; the cut JSON or repr text when long or not JSON"},
+            "kwargs": {"description": "An object when decoded; the cut JSON or repr text when long or not JSON"},
+            "eta": OPT_STRING, "priority": OPT_INTEGER,
+            "registered": {"type": "boolean", "description": "An online worker registers this name"},
+            "retries": OPT_INTEGER, "expires": OPT_STRING,
+            "sent_at": {"type": ["number", "null"], "description": "From the task-sent event, when seen"},
+            "protocol": {"enum": [1, 2, None]}, "content_type": STRING, "parent_id": OPT_STRING,
+            "root_id": OPT_STRING, "origin": OPT_STRING, "redelivered": BOOLEAN,
+            "truncated": {"type": "boolean", "description": "args or kwargs were cut, or only a repr is known"},
+            "problem": OPT_STRING, "target": {"type": ["string", "null"], "description":
+                                              "Where the workers' routes (else the API's) send this name"},
+            "did_you_mean": {"type": ["string", "null"],
+                             "description": "For a name nobody registers: the registered name it likely misspells"},
+        }),
+        "QueueMessages": object_of({
+            "queue": STRING, "depth": INTEGER, "offset": INTEGER, "limit": INTEGER,
+            "messages": array_of(ref_to("QueueMessage")),
+            "exists": {"type": "boolean", "description": "False: nothing waits (an empty Redis queue is no key)"},
+            "registered_known": {"type": "boolean", "description": "False before the first worker inspection"},
+            "requeued": {"type": "boolean", "description": "Read by taking and requeueing (RabbitMQ)"},
+            "suggested_target": OPT_STRING,
+        }),
+        "QueueCannotPeek": object_of({"error": STRING, "queue": STRING, "depth": INTEGER},
+                                     optional=("queue", "depth")),
+        "QueueActionFailed": object_of({"error": STRING, "moved": INTEGER, "purged": INTEGER, "deleted": INTEGER},
+                                       optional=("moved", "purged", "deleted"),
+                                       description="The count says how many were handled before a broker failure"),
+        "QueueMove": {**object_of({
+            "to": {"type": "string", "minLength": 1, "maxLength": 255, "description": "The target queue"},
+            "name": {"type": "string", "maxLength": 255, "description": "Only the messages of this task name"},
+            "ids": {"type": "array", "items": STRING, "minItems": 1, "maxItems": MAX_SELECT_IDS,
+                    "description": "Only these task ids"},
+            "limit": {"type": "integer", "minimum": 1, "description": "At most this many, oldest first"},
+        }, optional=("name", "ids", "limit")), "example": {"to": "llm", "name": "worker.tasks.llm.summarize"}},
+        "QueuePurge": {**object_of({"confirm": {"type": "string", "description": "The queue's name, again"}}),
+                       "example": {"confirm": "llm-gpu"}},
+        "QueueDelete": {**object_of({
+            "name": {"type": "string", "minLength": 1, "maxLength": 255, "description": "The task name"},
+            "ids": {"type": "array", "items": STRING, "minItems": 1, "maxItems": MAX_SELECT_IDS},
+            "limit": {"type": "integer", "minimum": 1},
+        }, optional=("ids", "limit")), "example": {"name": "worker.tasks.llm.sumarize"}},
         "AuditEntry": object_of({
             "id": OPT_INTEGER, "at": NUMBER, "time": {"type": "string", "description": "`at` in ISO 8601 UTC"},
             "who": STRING, "source": {"enum": list(SOURCES)}, "remote_addr": OPT_STRING, "name": STRING,

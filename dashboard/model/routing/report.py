@@ -174,6 +174,11 @@ class RoutingReport:
         """The row of task `name`, if compared (every name an online worker registers is)."""
         return next((task for task in self.tasks if task.task == name), None)
 
+    def registers(self, name: str) -> bool:
+        """True when an online worker registers `name` (the one definition: the guard and the queue browser)."""
+        task = self.task(name)
+        return task is not None and bool(task.registered_on)
+
     def consumed_queues(self) -> frozenset[str]:
         """Queues with an online consumer now; callers accumulate these for `previously_consumed`."""
         return frozenset(queue.name for queue in self.queues if queue.consumers)

@@ -8,9 +8,11 @@ from typing import Any, Protocol
 
 from ...exceptions import ConfigError
 from ...model.routing import BrokerQueue
+from .queues import QueueBrowser
 from .urls import AMQP_SCHEMES, REDIS_SCHEMES, broker_scheme, shown_url
 
-__all__ = ["AMQP_SCHEMES", "REDIS_SCHEMES", "BrokerInspector", "broker_inspector", "broker_scheme", "shown_url"]
+__all__ = ["AMQP_SCHEMES", "REDIS_SCHEMES", "BrokerInspector", "QueueBrowser", "broker_inspector", "broker_scheme",
+           "queue_browser", "shown_url"]
 
 
 class BrokerInspector(Protocol):
@@ -40,3 +42,17 @@ def broker_inspector(broker_url: str, transport_options: Mapping[str, Any], time
         f"broker {shown_url(broker_url)!r}: cannot inspect queues on a {scheme!r} broker; "
         "supported: redis://, rediss://, redis+socket://, amqp:// and amqps://"
     )
+
+
+def queue_browser(broker_url: str, transport_options: Mapping[str, Any], timeout: float) -> QueueBrowser:
+    """The queue browser (peek, move, purge, delete) for the broker URL's transport, on connections of its own."""
+    inspector = broker_inspector(broker_url, transport_options, timeout)
+    if broker_scheme(broker_url) in REDIS_SCHEMES:
+        from .redis import RedisBrokerInspector, RedisQueueBrowser
+
+        assert isinstance(inspector, RedisBrokerInspector)
+        return RedisQueueBrowser(inspector)
+    from .amqp import AmqpBrokerInspector, AmqpQueueBrowser
+
+    assert isinstance(inspector, AmqpBrokerInspector)
+    return AmqpQueueBrowser(inspector)
