@@ -17,6 +17,7 @@ from .config import MAX_BODY_BYTES, Config, load_config
 from .exceptions import ConfigError
 from .model.state import State
 from .resources import resource_dir
+from .services.alert_marks import AlertMarks
 from .services.audit import DAY, PRUNE_EVERY, AuditLog
 from .services.broker import BrokerInspector, broker_inspector
 from .services.client import ClientSettings, SendOnlyClient
@@ -30,6 +31,7 @@ from .services.events.sink import EventSink
 from .services.events.stats import TaskStats
 from .services.events.stream import StreamLog
 from .services.inspection import WorkerInspector
+from .services.notify import AlertNotifier
 from .services.render_cache import RenderCache
 from .services.routing import RoutingService
 from .services.sessions import SessionRevocations
@@ -98,26 +100,31 @@ def build_services(
     bell = Bell()  # rung when a worker comes or goes: its inspection is due at once
     stats = TaskStats(state)
     inspector = WorkerInspector(control, timeout=min(settings.timeout, 2.0))
+    # Acknowledgements and silences are shared by the replicas through the Redis they share (as logouts are).
+    marks = AlertMarks(hub, settings.broker_url, settings.result_backend, clock=clock)
+    notifier = AlertNotifier(config.alerts.webhooks, marks, hub, dashboard_url=config.alerts.dashboard_url,
+                             clock=clock)
     routing = RoutingService(client, state, hub, stream, inspector, _broker(config, settings),
                              [spec.name for spec in config.catalog], grace=config.monitor.alert_grace,
-                             inspect_interval=config.monitor.inspect_interval, clock=clock)
+                             inspect_interval=config.monitor.inspect_interval, clock=clock, notify=notifier.notify)
     sink = EventSink(state, hub, hooks=(routing.note_event, stats.note_event), on_worker_change=bell.ring)
     results = client.result_state if settings.result_backend else None
     resync = Resync(sink, stream, inspector, results)
     if isinstance(audit, _FromConfig):
         audit = AuditLog(config.audit_path) if config.audit_path else None  # opened on the first dispatch
         log.info("audit log: %s", config.audit_path or "off")
-    job_list = [*routing.jobs(), resync.job()]
+    job_list = [*routing.jobs(), resync.job(), marks.job()]
     if audit is not None and config.audit_retention_days:
         job_list.append(_audit_retention(audit, config.audit_retention_days))
     jobs = Jobs(job_list, bell)
-    monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control, clock=clock)
+    monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control, clock=clock,
+                      companions=(notifier,))
     return Services(
         config=config, client=client, state=state, hub=hub, stream=stream, monitor=monitor, routing=routing,
         resync=resync, stats=stats, audit=audit, dispatcher=Dispatcher(client, routing, audit, stats, sink),
         revocations=(SessionRevocations(settings.broker_url, settings.result_backend) if config.auth.enabled
                      else SessionRevocations()),
-        rendered=RenderCache(), live=live,
+        rendered=RenderCache(), marks=marks, notifier=notifier, live=live,
     )
 
 

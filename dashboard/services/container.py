@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..model.state import State
+from .alert_marks import AlertMarks
 from .audit import AuditLog
 from .client import SendOnlyClient
 from .dispatch import Dispatcher
@@ -14,6 +15,7 @@ from .events.monitor import Monitor
 from .events.resync import Resync
 from .events.stats import TaskStats
 from .events.stream import StreamLog
+from .notify import AlertNotifier
 from .render_cache import RenderCache
 from .routing import RoutingService
 from .sessions import SessionRevocations
@@ -36,6 +38,8 @@ class Services:
     dispatcher: Dispatcher
     revocations: SessionRevocations
     rendered: RenderCache  # task messages and rows, shared by the websockets
+    marks: AlertMarks  # acknowledgements and silences of alerts
+    notifier: AlertNotifier  # alert webhooks (its threads start and stop with the monitor)
     live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
 
     def ensure_started(self) -> None:
@@ -48,5 +52,6 @@ class Services:
         self.monitor.stop()
         self.client.close()
         self.revocations.close()
+        self.marks.close()
         if self.audit is not None:
             self.audit.close()

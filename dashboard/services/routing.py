@@ -105,8 +105,10 @@ class RoutingService:
         grace: float,
         inspect_interval: float,
         clock: Callable[[], float] = time.time,
+        notify: Callable[[AlertChange], None] = lambda change: None,
     ) -> None:
         self.client = client
+        self.notify = notify  # the webhook notifier's hook: queues the change, never blocks
         self.state = state
         self.hub = hub
         self.stream = stream
@@ -224,6 +226,7 @@ class RoutingService:
                 del self.history[:-MAX_ALERT_HISTORY]
             log.warning("alert %s: %s", change.status, change.alert.message)
             self.hub.publish("alert", change.alert.key)
+            self.notify(change)
 
     def _broker_queues(self) -> list[BrokerQueue]:
         if self.broker is None:

@@ -195,11 +195,13 @@ def _routing_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
 
 def _alerts_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
     def update(batch: Batch) -> list[str]:
-        changed = views.alerts_panel_fragment(svc) + views.alert_history_fragment(svc) if batch.get("alert") else ""
+        changed = (views.alerts_panel_fragment(svc) + views.alert_history_fragment(svc)
+                   + views.webhook_status_fragment(svc)) if batch.get("alert") else ""
         return [_chrome(svc, batch) + changed]
 
     return LiveSession(lambda: [_status_html(svc) + views.alerts_panel_fragment(svc)
-                                + views.alert_history_fragment(svc)], update, UI_FRAME_SECONDS)
+                                + views.alert_history_fragment(svc) + views.webhook_status_fragment(svc)],
+                       update, UI_FRAME_SECONDS)
 
 
 def _status_view(svc: Services, args: Mapping[str, str]) -> LiveSession:

@@ -18,8 +18,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from celery import Celery
 
@@ -38,6 +38,14 @@ WORKER_CHECK_SECONDS = 0.5  # how often heartbeats are checked for overdue worke
 ENABLE_EVENTS_EVERY = 30.0  # seconds between enable_events broadcasts (and once right after each connect)
 
 
+class Companion(Protocol):
+    """Something with threads of its own that starts and stops with the monitor (the webhook notifier)."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
 class Monitor:
     """Celery events -> sink (State, Hub, hooks), the stream's status and gaps, the offline ticker and the jobs."""
 
@@ -51,8 +59,10 @@ class Monitor:
         listener_app: Celery | None = None,
         control_app: Celery | None = None,
         clock: Callable[[], float] = time.time,
+        companions: Iterable[Companion] = (),
     ) -> None:
         self.settings = settings
+        self.companions = tuple(companions)
         self.sink = sink
         self.stream = stream
         self.jobs = jobs
@@ -138,6 +148,8 @@ class Monitor:
                 self._ticker.start()
                 self._jobs_thread = threading.Thread(target=self._jobs_loop, name="dashboard-jobs", daemon=True)
                 self._jobs_thread.start()
+                for companion in self.companions:
+                    companion.start()
             except Exception:
                 self._stop.set()  # whatever did start winds down; a later start() may try again
                 raise
@@ -158,6 +170,8 @@ class Monitor:
         for thread in (self._ticker, self._jobs_thread):
             if thread is not None:
                 thread.join(timeout)
+        for companion in self.companions:
+            companion.stop(timeout)
         with self._lock:
             self._started_pid = None
 
