@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model.alerts import AlertChange
-from ..model.notify import WebhookSpec, encode, payload, request_headers, retry_delays, retryable
+from ..model.notify import RETRY_BASE_SECONDS, WebhookSpec, encode, payload, request_headers, retry_delays, retryable
 from ..model.secrets import mask_endpoint, reason
 from .alert_marks import AlertMarks
 from .events.hub import Hub
@@ -68,8 +68,10 @@ class WebhookLane:
     """One webhook's queue, sender thread and counters."""
 
     def __init__(self, spec: WebhookSpec, dashboard_url: str | None, on_status: Callable[[], None], *,
-                 post: Post, clock: Callable[[], float], queue_size: int = QUEUE_SIZE) -> None:
+                 post: Post, clock: Callable[[], float], queue_size: int = QUEUE_SIZE,
+                 retry_base: float = RETRY_BASE_SECONDS) -> None:
         self.spec = spec
+        self.retry_base = retry_base
         self.dashboard_url = dashboard_url
         self._on_status = on_status
         self._post = post
@@ -141,7 +143,7 @@ class WebhookLane:
 
     def deliver(self, delivery: Delivery) -> bool:
         """Try one delivery: up to max_attempts POSTs, backing off between them; True once the receiver took it."""
-        delays = retry_delays(self.spec.max_attempts)
+        delays = retry_delays(self.spec.max_attempts, self.retry_base)
         for attempt in range(self.spec.max_attempts):
             if attempt:
                 self.retries += 1
@@ -192,12 +194,13 @@ class AlertNotifier:
 
     def __init__(self, specs: Iterable[WebhookSpec], marks: AlertMarks, hub: Hub, *,
                  dashboard_url: str | None = None, post: Post = http_post,
-                 clock: Callable[[], float] = time.time, queue_size: int = QUEUE_SIZE) -> None:
+                 clock: Callable[[], float] = time.time, queue_size: int = QUEUE_SIZE,
+                 retry_base: float = RETRY_BASE_SECONDS) -> None:
         self.marks = marks
         self.hub = hub
         self.suppressed = 0  # changes not sent because their alert was silenced
         self.lanes = tuple(WebhookLane(spec, dashboard_url, self._status_changed, post=post, clock=clock,
-                                       queue_size=queue_size) for spec in specs)
+                                       queue_size=queue_size, retry_base=retry_base) for spec in specs)
 
     def notify(self, change: AlertChange) -> None:
         """Queue `change` for every webhook that hears it (the routing job's hook: O(webhooks), never blocks)."""
