@@ -287,7 +287,7 @@ def test_alerts_config_reads_webhooks_with_secrets_from_the_environment() -> Non
     slack, pager, other = config.alerts.webhooks
     assert config.alerts.dashboard_url == "https://dash.example.com"
     assert slack.name == "hooks.slack.com" and slack.url == SLACK and slack.events == {"raised", "cleared"}
-    assert slack.kinds == {"orphaned_queue"} and pager.kinds is None and pager.secret == "k3y"
+    assert slack.kinds == frozenset({"orphaned_queue"}) and pager.kinds is None and pager.secret == "k3y"
     assert pager.headers == (("Authorization", "Bearer x"),) and pager.timeout == 2.0 and pager.max_attempts == 3
     assert other.name == "pager.example" and other.events == {"raised", "updated", "cleared"}
     assert "k3y" not in repr(pager) and config_from_mapping({}).alerts.webhooks == ()
