@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import redis
 
-from ..exceptions import BrokerUnavailable, ConfigError
+from ..exceptions import ConfigError
 from ..model.alerts import Alert
 from ..model.notify import Acknowledgement, AlertMark, Silence, mark_of, parse_mark, silence_for
 from .broker.redis import RedisTarget
@@ -46,6 +46,7 @@ class AlertMarks:
         self._acks: dict[str, Acknowledgement] = {}
         self._silences: dict[str, Silence] = {}
         self._client: redis.Redis | None = None
+        self._unsynced: dict[tuple[str, str], tuple[str, dict[str, object] | None]] = {}
         self._warned = False
         for url in redis_candidates:
             if not url:
@@ -79,7 +80,7 @@ class AlertMarks:
     # -- actions ---------------------------------------------------------------------------------------------
 
     def acknowledge(self, alert: Alert, by: str) -> Acknowledgement:
-        """Acknowledge `alert`'s current occurrence (raises BrokerUnavailable when the shared store can't take it)."""
+        """Acknowledge `alert`'s current occurrence."""
         ack = Acknowledgement(alert.key, by, max(self.clock(), alert.raised_at))
         self._write("hset", ACKS_KEY, alert.key, ack.to_dict())
         with self._lock:
@@ -88,7 +89,7 @@ class AlertMarks:
         return ack
 
     def silence(self, key: str, by: str, minutes: object) -> Silence:
-        """Silence `key` for `minutes` (MarkInvalid for a bad number; BrokerUnavailable as above)."""
+        """Silence `key` for `minutes` (MarkInvalid for a bad number)."""
         silence = silence_for(key, by, minutes, self.clock())
         self._write("hset", SILENCES_KEY, key, silence.to_dict())
         with self._lock:
@@ -106,16 +107,30 @@ class AlertMarks:
         return held
 
     def _write(self, command: str, hash_key: str, field: str, value: dict[str, object] | None) -> None:
+        """Write through to Redis; when it does not answer, keep the change here and write it on a later refresh
+        (the mark holds in this process at once, on the other replicas once Redis is back)."""
         if self._client is None:
             return
+        with self._lock:
+            self._unsynced.pop((hash_key, field), None)
         try:
-            if command == "hset":
-                self._client.hset(hash_key, field, json.dumps(value))
-            else:
-                self._client.hdel(hash_key, field)
+            self._apply(command, hash_key, field, value)
         except _REDIS_ERRORS as exc:
-            raise BrokerUnavailable(f"the mark could not be shared with the other replicas (Redis: "
-                                    f"{type(exc).__name__}); nothing was changed, try again") from None
+            log.warning("alert mark kept by this process until Redis answers (%s)", type(exc).__name__)
+            with self._lock:
+                self._unsynced[(hash_key, field)] = (command, value)
+
+    def _apply(self, command: str, hash_key: str, field: str, value: dict[str, object] | None) -> None:
+        assert self._client is not None
+        if command == "hset":
+            self._client.hset(hash_key, field, json.dumps(value))
+        else:
+            self._client.hdel(hash_key, field)
+
+    @property
+    def unsynced(self) -> int:
+        """Marks made here that Redis has not taken yet (the other replicas do not see them yet)."""
+        return len(self._unsynced)
 
     # -- the refresh job -------------------------------------------------------------------------------------
 
@@ -130,6 +145,13 @@ class AlertMarks:
             return
         now = self.clock()
         try:
+            with self._lock:
+                unsynced = list(self._unsynced.items())
+            for (hash_key, field), (command, value) in unsynced:
+                self._apply(command, hash_key, field, value)
+                with self._lock:
+                    if self._unsynced.get((hash_key, field)) == (command, value):
+                        del self._unsynced[(hash_key, field)]
             pipe = self._client.pipeline(transaction=False)
             pipe.hgetall(ACKS_KEY)
             pipe.hgetall(SILENCES_KEY)

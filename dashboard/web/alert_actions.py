@@ -11,7 +11,6 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers.response import Response as BaseResponse
 
-from ..exceptions import BrokerUnavailable
 from ..model.alerts import ALERT_KINDS
 from ..model.notify import MarkInvalid
 from ..services.container import Services
@@ -48,11 +47,8 @@ def acknowledge(svc: Services, key: str) -> Outcome:
     if alert is None:
         result: Outcome = (False, f"no active alert {key[:MAX_KEY_CHARS]!r} (cleared, or never raised)", 404, {})
     else:
-        try:
-            ack = svc.marks.acknowledge(alert, request_origin().who)
-            result = (True, f"acknowledged by {ack.by}", 200, _marks_of(svc, key))
-        except BrokerUnavailable as exc:
-            result = (False, str(exc), 503, {})
+        ack = svc.marks.acknowledge(alert, request_origin().who)
+        result = (True, f"acknowledged by {ack.by}{_local_note(svc)}", 200, _marks_of(svc, key))
     _record("alert.ack", key, {"kind": alert.kind, "raised_at": alert.raised_at} if alert else {}, result)
     return result
 
@@ -67,12 +63,10 @@ def silence(svc: Services, key: str, minutes: object) -> Outcome:
         try:
             held = svc.marks.silence(key, request_origin().who, minutes)
             detail["until"] = held.until
-            result = (True, f"silenced by {held.by} for {round((held.until - held.at) / 60)} min", 200,
-                      _marks_of(svc, key))
+            result = (True, f"silenced by {held.by} for {round((held.until - held.at) / 60)} min{_local_note(svc)}",
+                      200, _marks_of(svc, key))
         except MarkInvalid as exc:
             result = (False, str(exc), 400, {})
-        except BrokerUnavailable as exc:
-            result = (False, str(exc), 503, {})
     _record("alert.silence", key, detail, result)
     return result
 
@@ -82,13 +76,14 @@ def unsilence(svc: Services, key: str) -> Outcome:
     if svc.marks.silenced(key) is None:
         result: Outcome = (False, f"{key[:MAX_KEY_CHARS]!r} is not silenced", 404, {})
     else:
-        try:
-            svc.marks.unsilence(key)
-            result = (True, "silence ended: webhooks are sent again", 200, _marks_of(svc, key))
-        except BrokerUnavailable as exc:
-            result = (False, str(exc), 503, {})
+        svc.marks.unsilence(key)
+        result = (True, f"silence ended: webhooks are sent again{_local_note(svc)}", 200, _marks_of(svc, key))
     _record("alert.unsilence", key, {}, result)
     return result
+
+
+def _local_note(svc: Services) -> str:
+    return " (Redis did not answer: this replica only until it does)" if svc.marks.unsynced else ""
 
 
 def _record(action: str, key: str, detail: dict[str, Any], result: Outcome) -> None:

@@ -104,7 +104,6 @@ def _paths() -> Schema:
             "responses": {
                 "200": json_body(ref_to("AlertMarked"), "Acknowledged"),
                 "404": error_answer("No active alert with that key (or a key the route cannot match)"),
-                "503": error_answer("Redis, where the replicas share acknowledgements, did not take it"),
                 **write_40x,
             },
         }},
@@ -123,7 +122,6 @@ def _paths() -> Schema:
                     "400": error_answer("Not a JSON object with minutes, minutes out of range, or not an alert key"),
                     "404": error_answer("No such route: the key starts with '/' or holds a line break"),
                     **too_large,
-                    "503": error_answer("Redis, where the replicas share silences, did not take it"),
                     **write_40x,
                 },
             },
@@ -133,7 +131,6 @@ def _paths() -> Schema:
                 "responses": {
                     "200": json_body(ref_to("AlertMarked"), "The silence ended"),
                     "404": error_answer("The key is not silenced (or a key the route cannot match)"),
-                    "503": error_answer("Redis, where the replicas share silences, did not take it"),
                     **write_40x,
                 },
             },

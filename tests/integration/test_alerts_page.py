@@ -48,3 +48,70 @@ def test_the_alert_banner_links_to_the_alerts_page(app: Flask) -> None:
     page = app.test_client().get("/tasks").data.decode()
 
     assert '<ul class="alert-list">' in page and 'href="/alerts">Alerts →</a>' in page
+
+
+@pytest.fixture
+def audited_app() -> Iterator[Flask]:
+    config = config_from_mapping({"broker_url": "redis://127.0.0.1:1/0", "audit": {"path": ":memory:"},
+                                  "monitor": {"alert_grace": 0}})
+    built = create_app(config, live=False)
+    built.testing = True
+    svc = services(built)
+    svc.routing.inspected_at = 1.0
+    svc.routing.note_event({"type": "task-sent", "name": "billing.typo", "uuid": "t1"})
+    svc.routing.run_comparison()
+    yield built
+    services(built).close()
+
+
+KEY = "unregistered_task:billing.typo"
+
+
+def test_an_operator_acknowledges_and_silences_an_alert_and_every_page_says_who(audited_app: Flask) -> None:
+    client = audited_app.test_client(use_cookies=False)  # an API client: no session, so no CSRF token needed
+    assert client.post("/api/alerts/unregistered_task:nope/ack").status_code == 404
+    acked = client.post(f"/api/alerts/{KEY}/ack")
+    assert acked.status_code == 200 and acked.get_json()["acknowledged_by"] == "anonymous"
+    assert "this replica only until it does" in acked.get_json()["ok"]  # its Redis does not answer
+    silenced = client.post(f"/api/alerts/{KEY}/silence", json={"minutes": 60})
+    assert silenced.status_code == 200 and silenced.get_json()["silenced_by"] == "anonymous"
+
+    alert = client.get("/api/alerts").get_json()[0]
+    assert alert["key"] == KEY and alert["acknowledged_by"] == "anonymous"
+    assert alert["silenced_until"] - alert["acknowledged_at"] == pytest.approx(3600, abs=5)
+    page = client.get("/tasks").data.decode()
+    assert "acknowledged by <strong>anonymous</strong>" in page and "silenced by <strong>anonymous</strong>" in page
+    assert 'class="alert-banner all-silenced"' in page and "(1 silenced)" in page
+    assert 'class="alert-unsilence"' in page and 'class="alert-ack"' not in page  # acknowledged: no second ack
+
+    assert client.delete(f"/api/alerts/{KEY}/silence").status_code == 200
+    assert client.delete(f"/api/alerts/{KEY}/silence").status_code == 404
+    assert client.get("/api/alerts").get_json()[0]["silenced_by"] is None
+    actions = client.get("/api/audit/actions?action=alert.*").get_json()["entries"]
+    assert [(entry["action"], entry["outcome"]) for entry in reversed(actions)] == [
+        ("alert.ack", "refused"), ("alert.ack", "done"), ("alert.silence", "done"), ("alert.unsilence", "done"),
+        ("alert.unsilence", "refused")]
+
+
+@pytest.mark.parametrize(("key", "body", "problem"), [
+    (KEY, {}, "minutes"),
+    (KEY, {"minutes": 0}, "minutes"),
+    (KEY, {"minutes": "60"}, "minutes"),
+    (KEY, {"minutes": 10_081}, "minutes"),
+    ("disk_full:sda", {"minutes": 15}, "not an alert key"),
+    ("orphaned_queue:", {"minutes": 15}, "not an alert key"),
+])
+def test_a_bad_silence_is_a_400_that_says_why(audited_app: Flask, key: str, body: dict[str, object],
+                                              problem: str) -> None:
+    reply = audited_app.test_client().post(f"/api/alerts/{key}/silence", json=body)
+    assert reply.status_code == 400 and problem in reply.get_json()["error"]
+
+
+def test_the_banner_forms_act_through_htmx_and_a_plain_post_goes_back_to_the_alerts(audited_app: Flask) -> None:
+    client = audited_app.test_client()
+    reply = client.post("/alerts/silence", data={"key": KEY, "minutes": "240"}, headers={"HX-Request": "true"})
+    assert reply.status_code == 200 and "silenced by anonymous for 240 min" in reply.data.decode()
+    plain = client.post("/alerts/ack", data={"key": KEY})
+    assert plain.status_code == 303 and plain.headers["Location"].endswith("/alerts")
+    refused = client.post("/alerts/unsilence", data={"key": "orphaned_queue:x"}, headers={"HX-Request": "true"})
+    assert refused.status_code == 404 and "is not silenced" in refused.data.decode()

@@ -274,7 +274,7 @@ def guarded_app() -> Iterator[Flask]:
 
 
 def sample_url(path: str) -> str:
-    return path.replace("{task_id}", "t-1").replace("{queue}", "q1")
+    return path.replace("{task_id}", "t-1").replace("{queue}", "q1").replace("{key}", "orphaned_queue:q1")
 
 
 def test_with_users_credentials_are_required_except_on_public_endpoints(guarded_app: Flask) -> None:
