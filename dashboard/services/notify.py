@@ -215,7 +215,7 @@ class AlertNotifier:
         self._status_changed()
 
     def _status_changed(self) -> None:
-        self.hub.publish("alert", "")  # the alerts page redraws its webhook status with the alerts
+        self.hub.publish("webhook", "")  # the alerts page redraws its webhook status
 
     def start(self) -> None:
         """Start every lane's thread (with the monitor)."""
