@@ -24,7 +24,7 @@ from .model.catalog import (
     TaskSpec,
     task_name_problem,
 )
-from .model.notify import EVENTS, WebhookSpec
+from .model.notify import DEFAULT_EVENTS, EVENTS, WebhookSpec
 from .model.secrets import mask_endpoint
 from .model.values import number_in
 
@@ -283,7 +283,7 @@ def _webhook(index: int, raw: Any, env: Mapping[str, str], fail: Any) -> Webhook
         raise fail(f"{where}: needs url (or url_env)")
     if not _http_url(url):
         raise fail(f"{where}: url must be an http(s) URL, not {mask_endpoint(url)!r}")
-    events = raw.get("events", list(EVENTS))
+    events = raw.get("events", list(DEFAULT_EVENTS))
     if not isinstance(events, list) or not events or not set(events) <= set(EVENTS) or not all(
             isinstance(e, str) for e in events):
         raise fail(f"{where}: events must be a non-empty list of {', '.join(EVENTS)}")

@@ -14,6 +14,8 @@ from typing import Any, Final
 from .alerts import Alert, AlertChange
 
 EVENTS: Final[tuple[str, ...]] = ("raised", "updated", "cleared")
+# "updated" fires on every change of depth or message (every couple of seconds while a queue fills): opt-in.
+DEFAULT_EVENTS: Final[tuple[str, ...]] = ("raised", "cleared")
 SILENCE_CHOICES: Final[tuple[tuple[int, str], ...]] = ((15, "15 min"), (60, "1 h"), (240, "4 h"), (1440, "1 day"))
 MAX_SILENCE_MINUTES: Final = 7 * 24 * 60
 SIGNATURE_HEADER: Final = "X-Dashboard-Signature"
@@ -30,7 +32,7 @@ class WebhookSpec:
 
     name: str
     url: str
-    events: frozenset[str] = frozenset(EVENTS)
+    events: frozenset[str] = frozenset(DEFAULT_EVENTS)
     kinds: frozenset[str] | None = None  # None: every kind
     headers: tuple[tuple[str, str], ...] = ()
     secret: str | None = field(default=None, repr=False)

@@ -61,7 +61,7 @@ class Clock:
 
 # -- which change goes to which webhook ---------------------------------------------------------------------------
 
-ALL = WebhookSpec("all", "https://a.example/hook")
+ALL = WebhookSpec("all", "https://a.example/hook", events=frozenset({"raised", "updated", "cleared"}))
 RAISED_ONLY = WebhookSpec("raised", "https://b.example/hook", events=frozenset({"raised"}))
 QUEUES = WebhookSpec("queues", "https://c.example/hook", events=frozenset({"raised", "cleared"}),
                      kinds=frozenset({"orphaned_queue", "queue_lost_consumer"}))
@@ -289,7 +289,7 @@ def test_alerts_config_reads_webhooks_with_secrets_from_the_environment() -> Non
     assert slack.name == "hooks.slack.com" and slack.url == SLACK and slack.events == {"raised", "cleared"}
     assert slack.kinds == frozenset({"orphaned_queue"}) and pager.kinds is None and pager.secret == "k3y"
     assert pager.headers == (("Authorization", "Bearer x"),) and pager.timeout == 2.0 and pager.max_attempts == 3
-    assert other.name == "pager.example" and other.events == {"raised", "updated", "cleared"}
+    assert other.name == "pager.example" and other.events == {"raised", "cleared"}  # updated is opt-in
     assert "k3y" not in repr(pager) and config_from_mapping({}).alerts.webhooks == ()
 
 
