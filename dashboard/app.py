@@ -106,7 +106,8 @@ def build_services(
                              clock=clock)
     routing = RoutingService(client, state, hub, stream, inspector, _broker(config, settings),
                              [spec.name for spec in config.catalog], grace=config.monitor.alert_grace,
-                             inspect_interval=config.monitor.inspect_interval, clock=clock, notify=notifier.notify)
+                             inspect_interval=config.monitor.inspect_interval, clock=clock,
+                             alert_hooks=(marks.note_change, notifier.notify))
     sink = EventSink(state, hub, hooks=(routing.note_event, stats.note_event), on_worker_change=bell.ring)
     results = client.result_state if settings.result_backend else None
     resync = Resync(sink, stream, inspector, results)

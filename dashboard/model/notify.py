@@ -136,8 +136,9 @@ def request_headers(spec: WebhookSpec, body: bytes, now: float) -> dict[str, str
 
 @dataclass(frozen=True, slots=True)
 class Acknowledgement:
-    """Someone took an alert in hand. It belongs to the occurrence that was active when it was made: an alert
-    raised after `at` (cleared, then raised again) is a new occurrence, not acknowledged."""
+    """Someone took an alert in hand. It belongs to the occurrence that was active when it was made and is
+    forgotten when that occurrence clears (`forgets`), so an alert raised again is not acknowledged; a replica
+    that restarts while the alert still holds keeps showing it."""
 
     key: str
     by: str
@@ -145,11 +146,17 @@ class Acknowledgement:
 
     def covers(self, alert: Alert) -> bool:
         """True when this acknowledges `alert`'s current occurrence."""
-        return alert.key == self.key and alert.raised_at <= self.at
+        return alert.key == self.key
+
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (also how it is stored)."""
         return {"by": self.by, "at": self.at}
+
+
+def forgets(change: AlertChange) -> bool:
+    """True when `change` ends the occurrence an acknowledgement belongs to (it cleared)."""
+    return change.status == "cleared"
 
 
 @dataclass(frozen=True, slots=True)

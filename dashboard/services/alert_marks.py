@@ -18,8 +18,8 @@ from collections.abc import Callable
 import redis
 
 from ..exceptions import ConfigError
-from ..model.alerts import Alert
-from ..model.notify import Acknowledgement, AlertMark, Silence, mark_of, parse_mark, silence_for
+from ..model.alerts import Alert, AlertChange
+from ..model.notify import Acknowledgement, AlertMark, Silence, forgets, mark_of, parse_mark, silence_for
 from .broker.redis import RedisTarget
 from .broker.urls import REDIS_SCHEMES, broker_scheme
 from .events.hub import Hub
@@ -87,6 +87,16 @@ class AlertMarks:
             self._acks[alert.key] = ack
         self.hub.publish("alert", alert.key)
         return ack
+
+    def note_change(self, change: AlertChange) -> None:
+        """The routing job's hook: a cleared alert's acknowledgement ends with it (here and in Redis)."""
+        if not forgets(change):
+            return
+        key = change.alert.key
+        with self._lock:
+            known = self._acks.pop(key, None)
+        if known is not None or self._client is not None:
+            self._write("hdel", ACKS_KEY, key, None)
 
     def silence(self, key: str, by: str, minutes: object) -> Silence:
         """Silence `key` for `minutes` (MarkInvalid for a bad number)."""

@@ -105,10 +105,10 @@ class RoutingService:
         grace: float,
         inspect_interval: float,
         clock: Callable[[], float] = time.time,
-        notify: Callable[[AlertChange], None] = lambda change: None,
+        alert_hooks: Iterable[Callable[[AlertChange], None]] = (),
     ) -> None:
         self.client = client
-        self.notify = notify  # the webhook notifier's hook: queues the change, never blocks
+        self.alert_hooks = tuple(alert_hooks)  # e.g. the webhook notifier's: they queue the change, never block
         self.state = state
         self.hub = hub
         self.stream = stream
@@ -226,7 +226,8 @@ class RoutingService:
                 del self.history[:-MAX_ALERT_HISTORY]
             log.warning("alert %s: %s", change.status, change.alert.message)
             self.hub.publish("alert", change.alert.key)
-            self.notify(change)
+            for hook in self.alert_hooks:
+                hook(change)
 
     def _broker_queues(self) -> list[BrokerQueue]:
         if self.broker is None:

@@ -215,7 +215,7 @@ def test_a_silenced_alert_sends_no_webhook_and_its_acknowledgement_is_shown(hook
 
 
 def test_acknowledgements_and_silences_are_shared_by_replicas_through_redis(redis_server: RedisServer) -> None:
-    from dashboard.model.alerts import Alert
+    from dashboard.model.alerts import Alert, AlertChange
     from dashboard.services.alert_marks import AlertMarks
     from dashboard.services.events.hub import Hub
 
@@ -232,6 +232,14 @@ def test_acknowledgements_and_silences_are_shared_by_replicas_through_redis(redi
         two.unsilence(alert.key)
         one.refresh()
         assert one.silenced(alert.key) is None and one.mark(alert).acknowledged
+        restarted = AlertMarks(Hub(), url)  # a replica started while the alert holds
+        restarted.refresh()
+        assert restarted.mark(alert).acknowledged_by == "ops"
+        restarted.close()
+
+        two.note_change(AlertChange("cleared", alert))  # the occurrence ended: its acknowledgement with it
+        one.refresh()
+        assert not one.mark(alert).acknowledged
     finally:
         for marks in (one, two):
             marks.close()

@@ -144,13 +144,20 @@ def test_a_secret_signs_timestamp_and_body_with_hmac_sha256() -> None:
 
 
 def test_an_acknowledgement_belongs_to_the_occurrence_it_was_made_for() -> None:
-    first = alert(raised_at=T0)
-    ack = Acknowledgement(first.key, "ops", T0 + 60)
-    again = alert(raised_at=T0 + 120)  # cleared, then raised again after the acknowledgement
+    clock, hub = Clock(), Hub()
+    marks = AlertMarks(hub, clock=clock)
+    first = alert(raised_at=T0 - 60)
+    marks.acknowledge(first, "ops")
+    marks.silence(first.key, "ops", 60)
 
-    assert mark_of(first, {first.key: ack}, {}, T0 + 90).acknowledged_by == "ops"
-    assert not mark_of(again, {first.key: ack}, {}, T0 + 130).acknowledged
-    assert not mark_of(alert("orphaned_queue:other"), {first.key: ack}, {}, T0 + 90).acknowledged
+    marks.note_change(AlertChange("updated", first))  # still the same occurrence
+    assert marks.mark(first).acknowledged_by == "ops"
+    assert not marks.mark(alert("orphaned_queue:other")).acknowledged
+
+    marks.note_change(AlertChange("cleared", first))
+    again = alert(raised_at=T0 + 120)  # raised again: a new occurrence
+    assert not marks.mark(again).acknowledged
+    assert marks.mark(again).silenced_by == "ops"  # a silence belongs to the key, for its duration
 
 
 @pytest.mark.parametrize(("now", "silenced"), [(T0, True), (T0 + 899, True), (T0 + 900, False), (T0 + 5000, False)])
