@@ -4,7 +4,8 @@ The routing job hands each alert change to `AlertNotifier.notify`, which only ap
 every webhook that hears it (never blocks, never raises). Each webhook has its own lane: a daemon thread, started
 and stopped with the monitor, that POSTs its queue in order, each POST bounded by the webhook's timeout, and
 retries a failure with exponential backoff up to `max_attempts` before giving the delivery up. A hanging receiver
-therefore delays only its own lane; the alerts, the pages and the other webhooks go on.
+therefore delays only its own lane; the alerts, the pages and the other webhooks go on. (urllib's timeout bounds the
+connection and each wait for the receiver's bytes; urllib is used for the proxy settings of the environment.)
 """
 
 from __future__ import annotations
@@ -117,11 +118,19 @@ class WebhookLane:
 
     def stop(self, timeout: float) -> None:
         """Stop the thread (a POST in progress ends at its own timeout)."""
+        self.signal_stop()
+        self.join(timeout)
+
+    def signal_stop(self) -> None:
+        """Ask the thread to stop, without waiting."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` for the thread to end."""
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, timeout))
         self._started_pid = None
 
     def _run(self) -> None:
@@ -223,9 +232,12 @@ class AlertNotifier:
             lane.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop every lane's thread."""
+        """Stop every lane's thread, all within `timeout` (a lane stuck in a POST is a daemon: left behind)."""
+        deadline = time.monotonic() + timeout
         for lane in self.lanes:
-            lane.stop(timeout)
+            lane.signal_stop()
+        for lane in self.lanes:
+            lane.join(deadline - time.monotonic())
 
     @property
     def failing(self) -> list[WebhookLane]:

@@ -338,3 +338,35 @@ def test_silences_and_acks_are_stored_as_json() -> None:
     silence = Silence("k", "ops", T0, T0 + 60)
     assert silence.to_dict() == {"by": "ops", "at": T0, "until": T0 + 60}
     assert Acknowledgement("k", "ops", T0).to_dict() == {"by": "ops", "at": T0}
+
+
+def test_lanes_deliver_on_their_own_threads_and_a_hanging_one_delays_neither_the_others_nor_stop() -> None:
+    import threading
+    import time
+
+    released, delivered = threading.Event(), threading.Event()
+
+    def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+        if "hang" in url:
+            released.wait(10)
+        else:
+            delivered.set()
+        return 200
+
+    hub = Hub()
+    hanging = WebhookSpec("hang", "https://hang.example/", timeout=10)
+    notifier = AlertNotifier((hanging, ALL), AlertMarks(hub), hub, post=post)
+    notifier.start()
+    try:
+        notifier.notify(change("raised"))
+        assert delivered.wait(5), "the healthy webhook waited for the hanging one"
+        lanes = {lane.spec.name: lane for lane in notifier.lanes}
+        deadline = time.monotonic() + 5
+        while lanes["all"].sent != 1 and time.monotonic() < deadline:  # counted right after post() returns
+            time.sleep(0.01)
+        assert lanes["all"].sent == 1 and lanes["hang"].pending == 1
+    finally:
+        started = time.monotonic()
+        notifier.stop(timeout=0.5)
+        assert time.monotonic() - started < 2.0
+        released.set()
