@@ -31,10 +31,10 @@ class WebhookSpec:
     """One configured webhook: where to POST, which events and alert kinds it hears, how hard to try."""
 
     name: str
-    url: str
+    url: str = field(repr=False)  # a chat webhook's path is its secret: never in a repr (or a log of the config)
     events: frozenset[str] = frozenset(DEFAULT_EVENTS)
     kinds: frozenset[str] | None = None  # None: every kind
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may carry a token
     secret: str | None = field(default=None, repr=False)
     timeout: float = 5.0  # seconds per POST
     max_attempts: int = 5
