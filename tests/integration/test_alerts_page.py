@@ -4,6 +4,7 @@ run by hand on an app whose broker nobody answers)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -115,3 +116,45 @@ def test_the_banner_forms_act_through_htmx_and_a_plain_post_goes_back_to_the_ale
     assert plain.status_code == 303 and plain.headers["Location"].endswith("/alerts")
     refused = client.post("/alerts/unsilence", data={"key": "orphaned_queue:x"}, headers={"HX-Request": "true"})
     assert refused.status_code == 404 and "is not silenced" in refused.data.decode()
+
+
+def test_alert_actions_need_the_operator_role_and_from_a_browser_the_csrf_token() -> None:
+    import re
+
+    from werkzeug.security import generate_password_hash
+
+    users = [{"name": name, "password_hash": generate_password_hash("pw-123456", "pbkdf2:sha256:1000"), "role": role}
+             for name, role in (("op", "operator"), ("vi", "viewer"))]
+    config = config_from_mapping({"broker_url": "redis://127.0.0.1:1/0", "audit": {"path": ""},
+                                  "monitor": {"alert_grace": 0}, "auth": {"users": users},
+                                  "secret_key": "alerts-page-secret-0123456789"})
+    app = create_app(config, live=False)
+    app.testing = True
+    svc = services(app)
+    svc.routing.inspected_at = 1.0
+    svc.routing.note_event({"type": "task-sent", "name": "billing.typo", "uuid": "t1"})
+    svc.routing.run_comparison()
+    try:
+        def logged_in(name: str) -> tuple[Any, str]:
+            client = app.test_client()
+            token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").data.decode())
+            assert token is not None
+            client.post("/login", data={"csrf_token": token[1], "name": name, "password": "pw-123456"})
+            page = client.get("/alerts").data.decode()
+            fresh = re.search(r'name="csrf_token" value="([^"]+)"', page)
+            assert fresh is not None
+            return client, fresh[1]
+
+        viewer, token = logged_in("vi")
+        assert 'class="alert-ack"' not in viewer.get("/tasks").data.decode()  # no buttons for a viewer
+        assert viewer.post("/alerts/ack", data={"key": KEY, "csrf_token": token}).status_code == 403
+        operator, token = logged_in("op")
+        assert 'class="alert-ack"' in operator.get("/tasks").data.decode()
+        assert operator.post("/alerts/ack", data={"key": KEY}).status_code == 403  # no CSRF token
+        assert operator.post("/alerts/ack", data={"key": KEY, "csrf_token": token},
+                             headers={"Origin": "https://evil.example"}).status_code == 403
+        done = operator.post("/alerts/ack", data={"key": KEY, "csrf_token": token}, headers={"HX-Request": "true"})
+        assert done.status_code == 200 and "acknowledged by op" in done.data.decode()
+        assert operator.delete(f"/api/alerts/{KEY}/silence", headers={"X-CSRF-Token": token}).status_code == 404
+    finally:
+        svc.close()

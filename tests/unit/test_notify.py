@@ -297,7 +297,8 @@ def test_alerts_config_reads_webhooks_with_secrets_from_the_environment() -> Non
     assert slack.kinds == frozenset({"orphaned_queue"}) and pager.kinds is None and pager.secret == "k3y"
     assert pager.headers == (("Authorization", "Bearer x"),) and pager.timeout == 2.0 and pager.max_attempts == 3
     assert other.name == "pager.example" and other.events == {"raised", "cleared"}  # updated is opt-in
-    assert "s3cr3t" not in repr(config) and "k3y" not in repr(pager) and "Bearer" not in repr(pager) and config_from_mapping({}).alerts.webhooks == ()
+    assert "s3cr3t" not in repr(config) and "k3y" not in repr(pager) and "Bearer" not in repr(pager)
+    assert config_from_mapping({}).alerts.webhooks == ()
 
 
 @pytest.mark.parametrize(("hook", "problem"), [
