@@ -1,5 +1,6 @@
 """Acknowledging and silencing an alert in Chromium: an operator acts from the alerts panel and from the banner, and
-another person's open page (a viewer, in a browser context of their own) shows who did it, live, without a reload.
+another person's open page (a viewer, in a browser context of their own) shows who did it, live, without a reload;
+the alerts page shows a failing webhook live.
 
 The module owns its Redis, one worker consuming only "stt" and "default", and a dashboard with two users; the alert
 is a real orphaned queue: a forced dispatch to a queue nobody consumes. At the end the worker is told to consume
@@ -17,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 from werkzeug.security import generate_password_hash
 
-from dashboard.services.processes import CeleryWorker, RedisServer
+from dashboard.services.processes import CeleryWorker, RedisServer, free_port
 from tests.conftest import REPO_ROOT
 from tests.e2e.browser_errors import BrowserErrors
 from tests.e2e.live_helpers import assert_not_reloaded, open_live
@@ -31,6 +32,7 @@ OPERATOR, VIEWER, PASSWORD = "alice", "victor", "a long enough password"
 HASH = "pbkdf2:sha256:1000"  # fast for tests
 TRANSCRIBE = "worker.tasks.stt.transcribe"
 TRANSLATE = "worker.tasks.llm.translate"
+URL_SECRET = "T000/B000/e2eSecretPath"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,10 @@ def marks_dashboard(marks_redis: RedisServer, marks_worker: CeleryWorker,
              {"name": VIEWER, "password_hash": generate_password_hash(PASSWORD, HASH), "role": "viewer"}]
     config = {**base, "routes": {k: v for k, v in base["routes"].items() if k != TRANSLATE},
               "tasks": {k: v for k, v in base["tasks"].items() if k != TRANSLATE},
-              "auth": {"users": users}, "secret_key": "e2e-marks-secret-0123456789abcdef"}
+              "auth": {"users": users}, "secret_key": "e2e-marks-secret-0123456789abcdef",
+              # Nothing listens there: every POST is refused at once, a failure the alerts page must show live.
+              "alerts": {"webhooks": [{"name": "nobody", "url": f"http://127.0.0.1:{free_port()}/hook/{URL_SECRET}",
+                                       "max_attempts": 1}]}}
     return start_dashboard(config, name="marks")
 
 
@@ -99,6 +104,11 @@ def test_an_operator_acknowledges_and_silences_and_every_open_page_shows_who_liv
         expect(item(other, "#alert-banner", key)).to_be_visible(timeout=ALERT_MS)
         expect(item(page, "#alerts-panel", key)).to_be_visible(timeout=ALERT_MS)
         expect(item(other, "#alert-banner", key).locator(".alert-controls")).to_have_count(0)  # a viewer: no buttons
+        failing = page.locator("#webhook-status")
+        expect(failing).to_have_attribute("data-failing", "1", timeout=ALERT_MS)  # pushed live, no reload
+        expect(failing.locator(".webhook-failing")).to_contain_text("nobody", timeout=EXPECT_MS)
+        expect(failing.locator('tr[data-webhook="nobody"]')).to_have_attribute("data-failed", "1")
+        assert URL_SECRET not in page.content()
 
         # Acknowledge from the alerts panel.
         item(page, "#alerts-panel", key).get_by_role("button", name="Acknowledge").click()
