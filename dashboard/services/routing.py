@@ -227,7 +227,10 @@ class RoutingService:
             log.warning("alert %s: %s", change.status, change.alert.message)
             self.hub.publish("alert", change.alert.key)
             for hook in self.alert_hooks:
-                hook(change)
+                try:
+                    hook(change)
+                except Exception:  # noqa: BLE001 - a failing hook must not hold back the other changes
+                    log.exception("alert hook failed for %s", change.alert.key[:100])
 
     def _broker_queues(self) -> list[BrokerQueue]:
         if self.broker is None:
