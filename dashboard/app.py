@@ -18,6 +18,7 @@ from .exceptions import ConfigError
 from .model.series import QueueSample
 from .model.state import State
 from .resources import resource_dir
+from .services.alert_marks import AlertMarks
 from .services.audit import DAY, PRUNE_EVERY, AuditLog
 from .services.broker import BrokerInspector, QueueBrowser, broker_inspector, queue_browser
 from .services.client import ClientSettings, SendOnlyClient
@@ -32,6 +33,7 @@ from .services.events.stats import TaskStats
 from .services.events.stream import StreamLog
 from .services.history import History, HistoryWriter, open_store
 from .services.inspection import WorkerInspector
+from .services.notify import AlertNotifier
 from .services.queues import QueueService
 from .services.render_cache import RenderCache
 from .services.routing import RoutingService
@@ -101,9 +103,14 @@ def build_services(
     bell = Bell()  # rung when a worker comes or goes: its inspection is due at once
     stats = TaskStats(state)
     inspector = WorkerInspector(control, timeout=min(settings.timeout, 2.0))
+    # Acknowledgements and silences are shared by the replicas through the Redis they share (as logouts are).
+    marks = AlertMarks(hub, settings.broker_url, settings.result_backend, clock=clock)
+    notifier = AlertNotifier(config.alerts.webhooks, marks, hub, dashboard_url=config.alerts.dashboard_url,
+                             clock=clock)
     routing = RoutingService(client, state, hub, stream, inspector, _broker(config, settings),
                              [spec.name for spec in config.catalog], grace=config.monitor.alert_grace,
-                             inspect_interval=config.monitor.inspect_interval, clock=clock)
+                             inspect_interval=config.monitor.inspect_interval, clock=clock,
+                             alert_hooks=(marks.note_change, notifier.notify))
     history = _history(config, state, hub, stream, clock)
     hooks = (routing.note_event, stats.note_event, *((history.writer.note_event,) if history else ()))
     sink = EventSink(state, hub, hooks=hooks, on_worker_change=bell.ring)
@@ -112,21 +119,22 @@ def build_services(
     if isinstance(audit, _FromConfig):
         audit = AuditLog(config.audit_path) if config.audit_path else None  # opened on the first dispatch
         log.info("audit log: %s", config.audit_path or "off")
-    job_list = [*routing.jobs(), resync.job()]
+    job_list = [*routing.jobs(), resync.job(), marks.job()]
     if history is not None:
         job_list.append(history.writer.sampling_job(lambda: _queue_samples(routing, clock()),
                                                     config.monitor.inspect_interval))
     if audit is not None and config.audit_retention_days:
         job_list.append(_audit_retention(audit, config.audit_retention_days))
     jobs = Jobs(job_list, bell)
-    monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control,
-                      background=(history.writer,) if history is not None else (), clock=clock)
+    monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control, clock=clock,
+                      companions=(notifier, *((history.writer,) if history is not None else ())))
     return Services(
         config=config, client=client, state=state, hub=hub, stream=stream, monitor=monitor, routing=routing,
         resync=resync, stats=stats, audit=audit, dispatcher=Dispatcher(client, routing, audit, stats, sink),
         revocations=(SessionRevocations(settings.broker_url, settings.result_backend) if config.auth.enabled
                      else SessionRevocations()),
-        rendered=RenderCache(), queues=_queues(settings, routing, state, client), history=history, live=live,
+        rendered=RenderCache(), queues=_queues(settings, routing, state, client), marks=marks, notifier=notifier,
+        history=history, live=live,
     )
 
 

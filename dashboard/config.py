@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .exceptions import ConfigError
+from .model.alerts import ALERT_KINDS
 from .model.auth import AuthSettings, parse_auth
 from .model.catalog import (
     MISSING,
@@ -21,6 +24,8 @@ from .model.catalog import (
     TaskSpec,
     task_name_problem,
 )
+from .model.notify import DEFAULT_EVENTS, EVENTS, WebhookSpec
+from .model.secrets import mask_endpoint
 from .model.values import number_in
 
 ENV_CONFIG = "DASHBOARD_CONFIG"
@@ -32,6 +37,7 @@ ENV_AUDIT_PATH = "DASHBOARD_AUDIT_PATH"
 ENV_ALLOWED_HOSTS = "DASHBOARD_ALLOWED_HOSTS"
 ENV_HISTORY_URL = "DASHBOARD_HISTORY_URL"
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 MAX_BODY_BYTES = 1024 * 1024  # a request body is small; anything larger is refused with 413
 APP_DIR = "dispatch-dashboard"  # under the XDG state directory: where the dashboard keeps its files
@@ -42,11 +48,14 @@ MAX_TRUSTED_PROXIES = 5
 MAX_RETENTION_DAYS = 36_500
 AUDIT_KEYS = frozenset({"path", "retention_days"})
 SERVER_KEYS = frozenset({"allowed_hosts", "max_websockets", "max_websockets_per_client", "request_timeout"})
+ALERTS_KEYS = frozenset({"dashboard_url", "webhooks"})
+WEBHOOK_KEYS = frozenset({"name", "url", "url_env", "events", "kinds", "headers", "secret", "secret_env", "timeout",
+                          "max_attempts"})
 ROUTE_KEYS = frozenset({"queue", "exchange", "exchange_type", "routing_key", "priority"})
 TOP_LEVEL_KEYS = frozenset(
     {"broker_url", "result_backend", "task_default_queue", "routes", "tasks", "monitor", "client_app",
      "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit", "trusted_proxies", "server",
-     "history"}
+     "history", "alerts"}
 )
 
 
@@ -84,6 +93,14 @@ class HistorySettings:
         return bool(self.url)
 
 
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """The [alerts] table: the dashboard's public URL (for links in notifications) and the webhooks."""
+
+    dashboard_url: str | None = None
+    webhooks: tuple[WebhookSpec, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the dashboard needs to know, checked once at start-up."""
@@ -105,6 +122,7 @@ class Config:
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Prefix are believed
     server: ServerSettings = field(default_factory=ServerSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
 
 def load_config(
@@ -189,6 +207,7 @@ def config_from_mapping(
         trusted_proxies=proxies,
         server=_server(data.get("server", {}), env, fail),
         history=_history(data.get("history", {}), env, fail),
+        alerts=_alerts(data.get("alerts", {}), env, fail),
     )
 
 
@@ -220,6 +239,94 @@ def _server(raw: Any, env: Mapping[str, str], fail: Any) -> ServerSettings:
         limits["max_websockets_per_client"],
         float(timeout),
     )
+
+
+def _http_url(value: Any) -> bool:
+    if not isinstance(value, str) or any(c.isspace() for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _alerts(raw: Any, env: Mapping[str, str], fail: Any) -> AlertSettings:
+    """The [alerts] table: dashboard_url, and [[alerts.webhooks]] (see _webhook)."""
+    if not isinstance(raw, dict):
+        raise fail("[alerts] must be a table")
+    extra = sorted(set(raw) - ALERTS_KEYS)
+    if extra:
+        raise fail(f"[alerts]: unknown key(s) {', '.join(extra)}; use {', '.join(sorted(ALERTS_KEYS))}")
+    url = raw.get("dashboard_url")
+    if url is not None and not _http_url(url):
+        raise fail('[alerts] dashboard_url must be an http(s) URL, like "https://dash.example.com"')
+    hooks = raw.get("webhooks", [])
+    if not isinstance(hooks, list):
+        raise fail("[alerts] webhooks must be an array of tables: [[alerts.webhooks]]")
+    specs: list[WebhookSpec] = []
+    for index, hook in enumerate(hooks):
+        spec = _webhook(index, hook, env, fail)
+        if any(other.name == spec.name for other in specs):
+            spec = WebhookSpec(f"{spec.name}-{index + 1}", spec.url, spec.events, spec.kinds, spec.headers,
+                               spec.secret, spec.timeout, spec.max_attempts)
+        specs.append(spec)
+    return AlertSettings(url.rstrip("/") if url else None, tuple(specs))
+
+
+def _webhook(index: int, raw: Any, env: Mapping[str, str], fail: Any) -> WebhookSpec:
+    """One [[alerts.webhooks]]: url (or url_env: the name of an environment variable holding it), events, kinds,
+    headers, secret (or secret_env), timeout, max_attempts, name."""
+    where = f"[[alerts.webhooks]] #{index + 1}"
+    if not isinstance(raw, dict):
+        raise fail(f"{where}: must be a table")
+    extra = sorted(set(raw) - WEBHOOK_KEYS)
+    if extra:
+        raise fail(f"{where}: unknown key(s) {', '.join(extra)}; use {', '.join(sorted(WEBHOOK_KEYS))}")
+    values: dict[str, Any] = {}
+    for key in ("url", "secret"):
+        if key in raw and f"{key}_env" in raw:
+            raise fail(f"{where}: give {key} or {key}_env, not both")
+        if f"{key}_env" in raw:
+            name = raw[f"{key}_env"]
+            if not isinstance(name, str) or not name:
+                raise fail(f"{where}: {key}_env must name an environment variable")
+            if not env.get(name):
+                raise fail(f"{where}: {key}_env names ${name}, which is not set")
+            values[key] = env[name]
+        elif key in raw:
+            if not isinstance(raw[key], str):
+                raise fail(f"{where}: {key} must be a string")
+            values[key] = raw[key]
+    url = values.get("url")
+    if url is None:
+        raise fail(f"{where}: needs url (or url_env)")
+    if not _http_url(url):
+        raise fail(f"{where}: url must be an http(s) URL, not {mask_endpoint(url)!r}")
+    events = raw.get("events", list(DEFAULT_EVENTS))
+    if not isinstance(events, list) or not events or not set(events) <= set(EVENTS) or not all(
+            isinstance(e, str) for e in events):
+        raise fail(f"{where}: events must be a non-empty list of {', '.join(EVENTS)}")
+    kinds = raw.get("kinds")
+    if kinds is not None and (not isinstance(kinds, list) or not kinds or not all(
+            isinstance(k, str) and k in ALERT_KINDS for k in kinds)):
+        raise fail(f"{where}: kinds must be a non-empty list of {', '.join(ALERT_KINDS)} (absent: every kind)")
+    headers = raw.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and _HEADER_NAME.fullmatch(k) and isinstance(v, str) and "\r" not in v
+            and "\n" not in v for k, v in headers.items()):
+        raise fail(f"{where}: headers must be a table of header names to one-line strings")
+    timeout = raw.get("timeout", 5.0)
+    if not number_in(timeout, 0.1, 60):
+        raise fail(f"{where}: timeout must be a number of seconds from 0.1 to 60")
+    attempts = raw.get("max_attempts", 5)
+    if not number_in(attempts, 1, 10, whole=True):
+        raise fail(f"{where}: max_attempts must be a whole number from 1 to 10")
+    name = raw.get("name", urlsplit(url).hostname or f"webhook-{index + 1}")
+    if not isinstance(name, str) or not name or len(name) > 60:
+        raise fail(f"{where}: name must be a string of 1 to 60 characters")
+    return WebhookSpec(name, url, frozenset(events), frozenset(kinds) if kinds is not None else None,
+                       tuple(headers.items()), values.get("secret") or None, float(timeout), attempts)
 
 
 def _secret_key(data: Mapping[str, Any], env: Mapping[str, str], fail: Any) -> str | None:

@@ -44,3 +44,20 @@ def reason(exc: BaseException | str) -> str:
     password masked, cut at MAX_REASON_CHARS."""
     text = mask_text(str(exc)) or (type(exc).__name__ if isinstance(exc, BaseException) else "")
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
+
+
+def mask_endpoint(url: str | None) -> str:
+    """A webhook URL as it may be shown: scheme, host and port only. Chat webhooks carry their secret in the path
+    (Slack's /services/T…/B…/<token>) or the query, and any of it may be a credential: all of it is masked."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port is not None else "")
+    except ValueError:
+        return MASK
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None
+    return urlunsplit((parts.scheme, netloc, "/" + MASK if hidden else parts.path, "", ""))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..model.state import State
+from .alert_marks import AlertMarks
 from .audit import AuditLog
 from .client import SendOnlyClient
 from .dispatch import Dispatcher
@@ -15,6 +16,7 @@ from .events.resync import Resync
 from .events.stats import TaskStats
 from .events.stream import StreamLog
 from .history import History
+from .notify import AlertNotifier
 from .queues import QueueService
 from .render_cache import RenderCache
 from .routing import RoutingService
@@ -39,6 +41,8 @@ class Services:
     revocations: SessionRevocations
     rendered: RenderCache  # task messages and rows, shared by the websockets
     queues: QueueService  # the queue browser: peek, move, purge, delete by name
+    marks: AlertMarks  # acknowledgements and silences of alerts
+    notifier: AlertNotifier  # alert webhooks (its threads start and stop with the monitor)
     history: History | None = None  # None exactly when history is off
     live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
 
@@ -55,5 +59,6 @@ class Services:
             self.history.store.close()
         self.queues.close()
         self.revocations.close()
+        self.marks.close()
         if self.audit is not None:
             self.audit.close()

@@ -105,8 +105,10 @@ class RoutingService:
         grace: float,
         inspect_interval: float,
         clock: Callable[[], float] = time.time,
+        alert_hooks: Iterable[Callable[[AlertChange], None]] = (),
     ) -> None:
         self.client = client
+        self.alert_hooks = tuple(alert_hooks)  # e.g. the webhook notifier's: they queue the change, never block
         self.state = state
         self.hub = hub
         self.stream = stream
@@ -224,6 +226,11 @@ class RoutingService:
                 del self.history[:-MAX_ALERT_HISTORY]
             log.warning("alert %s: %s", change.status, change.alert.message)
             self.hub.publish("alert", change.alert.key)
+            for hook in self.alert_hooks:
+                try:
+                    hook(change)
+                except Exception:  # noqa: BLE001 - a failing hook must not hold back the other changes
+                    log.exception("alert hook failed for %s", change.alert.key[:100])
 
     def _broker_queues(self) -> list[BrokerQueue]:
         if self.broker is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ..services.container import Services
-from . import api, audit, auth, errors, history, live, metrics, openapi, pages, queues, security
+from . import alert_actions, api, audit, auth, errors, history, live, metrics, openapi, pages, queues, security
 from .context import SERVICES_KEY
 
 __all__ = ["SERVICES_KEY", "register"]
@@ -17,6 +17,7 @@ def register(app: Flask, services: Services) -> None:
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(queues.bp)
+    app.register_blueprint(alert_actions.bp)
     app.register_blueprint(live.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(audit.bp)

@@ -209,7 +209,8 @@ def status() -> Response:
     svc = services()
     body = status_message(svc)
     body.pop("type")
-    return jsonify(**body, counts=svc.monitor.state.counts().to_dict(), history=history_status(svc))
+    return jsonify(**body, counts=svc.monitor.state.counts().to_dict(), history=history_status(svc),
+                   notifications={**svc.notifier.status(), "marks_shared": svc.marks.shared})
 
 
 @bp.get("/api/routing")
@@ -234,8 +235,10 @@ def routing() -> Response:
 
 @bp.get("/api/alerts")
 def alerts() -> Response:
-    """Active alerts, oldest first: kind, queue/task/depth when they apply, since, message."""
-    return jsonify([alert.to_dict() for alert in views.alerts_of(services())])
+    """Active alerts, oldest first: kind, queue/task/depth when they apply, since, message, and who acknowledged or
+    silenced them."""
+    svc = services()
+    return jsonify([{**alert.to_dict(), **svc.marks.mark(alert).to_dict()} for alert in views.alerts_of(svc)])
 
 
 @bp.post("/api/queues/<path:queue>/consumers", merge_slashes=False)

@@ -196,10 +196,12 @@ def _routing_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
 def _alerts_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
     def update(batch: Batch) -> list[str]:
         changed = views.alerts_panel_fragment(svc) + views.alert_history_fragment(svc) if batch.get("alert") else ""
-        return [_chrome(svc, batch) + changed]
+        hooks = views.webhook_status_fragment(svc) if batch.get("webhook") or batch.get("alert") else ""
+        return [_chrome(svc, batch) + changed + hooks]
 
     return LiveSession(lambda: [_status_html(svc) + views.alerts_panel_fragment(svc)
-                                + views.alert_history_fragment(svc)], update, UI_FRAME_SECONDS)
+                                + views.alert_history_fragment(svc) + views.webhook_status_fragment(svc)],
+                       update, UI_FRAME_SECONDS)
 
 
 def _status_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
@@ -290,7 +292,7 @@ def snapshot_message(svc: Services, task_limit: int) -> dict[str, Any]:
         "tasks_total": total,
         "workers": [worker_message(worker) for worker in svc.monitor.state.workers()],
         "status": status_message(svc),
-        "alerts": [alert.to_dict() for alert in views.alerts_of(svc)],
+        "alerts": [{**alert.to_dict(), **svc.marks.mark(alert).to_dict()} for alert in views.alerts_of(svc)],
     }
 
 

@@ -124,6 +124,43 @@ def runtime_metrics(svc: Services) -> Callable[[], Iterator[Metric]]:
     return collect
 
 
+def notification_metrics(svc: Services) -> Callable[[], Iterator[Metric]]:
+    """Alert webhooks (deliveries, retries, pending, failing) and silenced or acknowledged alerts."""
+
+    def collect() -> Iterator[Metric]:
+        deliveries = CounterMetricFamily(f"{PREFIX}_webhook_deliveries",
+                                         "Alert webhook deliveries by outcome: sent (2xx), failed (given up).",
+                                         labels=["webhook", "outcome"])
+        retries = CounterMetricFamily(f"{PREFIX}_webhook_retries", "Webhook attempts after a failed one.",
+                                      labels=["webhook"])
+        dropped = CounterMetricFamily(f"{PREFIX}_webhook_dropped",
+                                      "Alert changes dropped because the webhook's queue was full.", labels=["webhook"])
+        pending = GaugeMetricFamily(f"{PREFIX}_webhook_pending", "Alert changes waiting to be delivered.",
+                                    labels=["webhook"])
+        failing = GaugeMetricFamily(f"{PREFIX}_webhook_failing", "1 when the webhook's latest attempt failed.",
+                                    labels=["webhook"])
+        failing_now = {lane.spec.name for lane in svc.notifier.failing}
+        for lane in svc.notifier.lanes:
+            name = lane.spec.name
+            deliveries.add_metric([name, "sent"], lane.sent)
+            deliveries.add_metric([name, "failed"], lane.failed)
+            retries.add_metric([name], lane.retries)
+            dropped.add_metric([name], lane.dropped)
+            pending.add_metric([name], lane.pending)
+            failing.add_metric([name], 1 if name in failing_now else 0)
+        yield from (deliveries, retries, dropped, pending, failing)
+        yield CounterMetricFamily(f"{PREFIX}_alert_notifications_suppressed",
+                                  "Alert changes not sent to webhooks because the alert was silenced.",
+                                  value=svc.notifier.suppressed)
+        marks = [svc.marks.mark(alert) for alert in svc.routing.alerts()]
+        yield GaugeMetricFamily(f"{PREFIX}_alerts_silenced", "Active alerts that are silenced.",
+                                value=sum(mark.silenced for mark in marks))
+        yield GaugeMetricFamily(f"{PREFIX}_alerts_acknowledged", "Active alerts that are acknowledged.",
+                                value=sum(mark.acknowledged for mark in marks))
+
+    return collect
+
+
 def registry_for(app: Flask) -> CollectorRegistry:
     """The app's own registry (built on first use)."""
     extensions = app.extensions
@@ -131,7 +168,8 @@ def registry_for(app: Flask) -> CollectorRegistry:
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
         svc = services()
-        registry.register(MonitorCollector(svc.monitor, [runtime_metrics(svc), lambda: history_metrics(svc)]))
+        registry.register(MonitorCollector(svc.monitor, [runtime_metrics(svc), notification_metrics(svc),
+                                                         lambda: history_metrics(svc)]))
         extensions[_REGISTRY_KEY] = registry
     return registry
 

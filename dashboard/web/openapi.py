@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from ..config import MAX_BODY_BYTES
 from ..model.dispatch import OUTCOMES
 from ..model.messages import MAX_PAGE
+from ..model.notify import MAX_SILENCE_MINUTES
 from ..model.search import MAX_QUERY_CHARS, SEARCH_SORTS
 from ..model.state import SORT_KEYS
 from ..model.state.tasks import EVENT_STATES
@@ -133,6 +134,44 @@ def _paths() -> Schema:
                             json_body(ref_to("Routing"), "The comparison")),
         "/api/alerts": get("listAlerts", "routing", "Active alerts, oldest first",
                            json_body(array_of(ref_to("Alert")), "The alerts")),
+        "/api/alerts/{key}/ack": {"post": {
+            "operationId": "acknowledgeAlert", "tags": ["routing"],
+            "summary": "Acknowledge an active alert (its current occurrence): who and when show beside it",
+            "parameters": [path_param("key", "The alert's key", "orphaned_queue:llm")],
+            "responses": {
+                "200": json_body(ref_to("AlertMarked"), "Acknowledged"),
+                "404": error_answer("No active alert with that key (or a key the route cannot match)"),
+                **write_40x,
+            },
+        }},
+        "/api/alerts/{key}/silence": {
+            "post": {
+                "operationId": "silenceAlert", "tags": ["routing"],
+                "summary": "Silence an alert key for a while: no webhooks for it meanwhile",
+                "parameters": [path_param("key", "An alert key (<kind>:<queue or task>)", "orphaned_queue:llm")],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["minutes"], "properties": {"minutes": {
+                        "type": "integer", "minimum": 1, "maximum": MAX_SILENCE_MINUTES,
+                        "description": "How long (the pages offer 15, 60, 240 and 1440)"}},
+                    "example": {"minutes": 60}}}}},
+                "responses": {
+                    "200": json_body(ref_to("AlertMarked"), "Silenced"),
+                    "400": error_answer("Not a JSON object with minutes, minutes out of range, or not an alert key"),
+                    "404": error_answer("No such route: the key starts with '/' or holds a line break"),
+                    **too_large,
+                    **write_40x,
+                },
+            },
+            "delete": {
+                "operationId": "unsilenceAlert", "tags": ["routing"], "summary": "End an alert key's silence",
+                "parameters": [path_param("key", "An alert key", "orphaned_queue:llm")],
+                "responses": {
+                    "200": json_body(ref_to("AlertMarked"), "The silence ended"),
+                    "404": error_answer("The key is not silenced (or a key the route cannot match)"),
+                    **write_40x,
+                },
+            },
+        },
         "/api/queues/{queue}/consumers": {"post": {
             "operationId": "addConsumer", "tags": ["routing"], "summary": "Tell an online worker to consume a queue",
             "parameters": [path_param("queue", "The queue name", "llm-gpu")],

@@ -28,6 +28,12 @@ _CONVERTER = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 STRING, NUMBER, INTEGER, BOOLEAN = ({"type": name} for name in ("string", "number", "integer", "boolean"))
 OPT_STRING, OPT_NUMBER, OPT_INTEGER = ({"type": [name, "null"]} for name in ("string", "number", "integer"))
 STRINGS: Schema = {"type": "array", "items": STRING}
+ALERT_MARK_FIELDS: Schema = {
+    "acknowledged_by": {**OPT_STRING, "description": "Who acknowledged this occurrence of the alert"},
+    "acknowledged_at": OPT_NUMBER,
+    "silenced_by": {**OPT_STRING, "description": "Who silenced the alert key (no webhooks until silenced_until)"},
+    "silenced_until": OPT_NUMBER,
+}
 
 DESCRIPTION = """\
 Dispatch Celery tasks by name through a send-only client and watch where they go.
@@ -220,7 +226,12 @@ def schemas() -> Schema:
             "history": {"type": "object", "description": "enabled; when on: store, where, role (writer/reader), "
                         "degraded, pending, dropped, written, write_errors, write_lag_seconds, last_write, "
                         "restored, restoring, tasks, bytes"},
-        }, description="The event stream's connection, its recent gaps, what is retained and history's state"),
+            "notifications": object_of({
+                "webhooks": array_of(ref_to("Webhook")), "suppressed": INTEGER,
+                "marks_shared": {"type": "boolean", "description": "Acknowledgements and silences shared by the "
+                                                                   "replicas through Redis"}}),
+        }, description="The event stream's connection, its recent gaps, what is retained, history's state and the "
+                       "alert webhooks"),
         "TaskRouting": object_of({
             "task": STRING, "api_queue": STRING, "api_pattern": OPT_STRING,
             "api_source": {"enum": [source for source in get_args(RouteSource) if source != "override"]},
@@ -248,8 +259,8 @@ def schemas() -> Schema:
         "Alert": object_of({
             "kind": {"enum": list(ALERT_KINDS)}, "key": STRING, "queue": STRING, "task": STRING, "depth": INTEGER,
             "since": NUMBER, "since_iso": STRING, "raised_at": NUMBER, "updated_at": NUMBER, "cleared_at": NUMBER,
-            "message": STRING,
-        }, optional=("queue", "task", "depth", "cleared_at")),
+            "message": STRING, **ALERT_MARK_FIELDS,
+        }, optional=("queue", "task", "depth", "cleared_at", *ALERT_MARK_FIELDS)),
         "QueueMessage": object_of({
             "id": OPT_STRING, "name": OPT_STRING,
             "args": {"description": "A list when decoded; the cut JSON or repr text when long or not JSON"},
@@ -293,6 +304,14 @@ def schemas() -> Schema:
             "ids": {"type": "array", "items": STRING, "minItems": 1, "maxItems": MAX_SELECT_IDS},
             "limit": {"type": "integer", "minimum": 1},
         }, optional=("ids", "limit")), "example": {"name": "worker.tasks.llm.sumarize"}},
+        "AlertMarked": object_of({"ok": STRING, "key": STRING, **ALERT_MARK_FIELDS},
+                                 description="The alert key's acknowledgement and silence after the action"),
+        "Webhook": object_of({
+            "name": STRING, "url": {"type": "string", "description": "Scheme, host and port only (the rest is masked)"},
+            "events": STRINGS, "kinds": {"type": ["array", "null"], "items": STRING},
+            "sent": INTEGER, "failed": INTEGER, "retries": INTEGER, "dropped": INTEGER, "pending": INTEGER,
+            "last_error": OPT_STRING, "last_error_at": OPT_NUMBER, "last_sent_at": OPT_NUMBER,
+        }, description="One alert webhook's deliveries: sent (2xx), failed (given up after the last attempt)"),
         "AuditEntry": object_of({
             "id": OPT_INTEGER, "at": NUMBER, "time": {"type": "string", "description": "`at` in ISO 8601 UTC"},
             "who": STRING, "source": {"enum": list(SOURCES)}, "remote_addr": OPT_STRING, "name": STRING,

@@ -40,7 +40,7 @@ def _connection() -> dict[str, Any]:
     svc = services()
     monitor = svc.monitor
     return {"stream": monitor.status, "gaps": monitor.gaps, "gaps_total": monitor.gaps_total,
-            "alerts": views.alerts_of(svc)}
+            **views.banner_context(svc)}
 
 
 @bp.app_template_filter("clock")
@@ -321,6 +321,7 @@ def alerts() -> str:
     svc = services()
     return render_template("pages/alerts.html", alerts_html=Markup(views.alerts_panel_fragment(svc)),
                            history_html=Markup(views.alert_history_fragment(svc)),
+                           webhooks_html=Markup(views.webhook_status_fragment(svc)),
                            live_url=url_for("live.ui", view="alerts"))
 
 

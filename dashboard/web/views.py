@@ -17,6 +17,7 @@ from markupsafe import Markup
 
 from ..exceptions import BrokerUnavailable
 from ..model.catalog import task_name_problem
+from ..model.notify import SILENCE_CHOICES, AlertMark
 from ..model.search import MAX_QUERY_CHARS, SearchError, TaskQuery, parse_query
 from ..model.secrets import mask_text
 from ..model.series import polyline
@@ -240,18 +241,41 @@ def alerts_of(svc: Services) -> list[Any]:
     return svc.routing.alerts()
 
 
+def alert_marks(svc: Services, alerts: list[Any]) -> dict[str, AlertMark]:
+    """Who acknowledged or silenced each of `alerts`, by key."""
+    return {alert.key: svc.marks.mark(alert) for alert in alerts}
+
+
+def banner_context(svc: Services) -> dict[str, Any]:
+    """What the banner shows: the active alerts, silenced ones last, with their marks."""
+    alerts = alerts_of(svc)
+    marks = alert_marks(svc, alerts)
+    alerts.sort(key=lambda alert: marks[alert.key].silenced)
+    return {"alerts": alerts, "alert_marks": marks, "silence_choices": SILENCE_CHOICES,
+            "silenced_count": sum(mark.silenced for mark in marks.values())}
+
+
 def alert_banner_fragment(svc: Services) -> str:
     """The banner on every page (#alert-banner)."""
-    return render_template("partials/alert_banner.html", alerts=alerts_of(svc))
+    return render_template("partials/alert_banner.html", **banner_context(svc))
 
 
 def alerts_panel_fragment(svc: Services) -> str:
     """The alerts panel of the routing page (#alerts-panel), with the add-consumer fix."""
     routing = svc.routing
+    alerts = alerts_of(svc)
     return render_template(
-        "partials/alerts_panel.html", alerts=alerts_of(svc), dom_id=dom_id,
+        "partials/alerts_panel.html", alerts=alerts, dom_id=dom_id,
         grace=routing.book.grace, online_workers=routing.online_workers(),
+        alert_marks=alert_marks(svc, alerts), silence_choices=SILENCE_CHOICES,
     )
+
+
+def webhook_status_fragment(svc: Services) -> str:
+    """The webhooks' delivery status on the alerts page (#webhook-status)."""
+    return render_template("partials/webhook_status.html", lanes=svc.notifier.lanes,
+                           failing=svc.notifier.failing, suppressed=svc.notifier.suppressed,
+                           shared=svc.marks.shared)
 
 
 ALERT_HISTORY_SHOWN = 50

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-Kind = Literal["task", "worker", "alert", "status", "routing", "gap"]
-KINDS: tuple[Kind, ...] = ("task", "worker", "alert", "status", "routing", "gap")
+Kind = Literal["task", "worker", "alert", "status", "routing", "gap", "webhook"]
+KINDS: tuple[Kind, ...] = ("task", "worker", "alert", "status", "routing", "gap", "webhook")
 DEFAULT_MAX_PENDING = 5_000
 
 

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from celery import Celery
@@ -38,16 +38,12 @@ WORKER_CHECK_SECONDS = 0.5  # how often heartbeats are checked for overdue worke
 ENABLE_EVENTS_EVERY = 30.0  # seconds between enable_events broadcasts (and once right after each connect)
 
 
-class Background(Protocol):
-    """A thread of its own that runs beside the monitor's (the history writer): started and stopped with them."""
+class Companion(Protocol):
+    """Something with threads of its own that starts and stops with the monitor (the webhook notifier)."""
 
-    def start(self) -> None:
-        """Start the thread."""
-        ...
+    def start(self) -> None: ...
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop it, within about `timeout`."""
-        ...
+    def stop(self, timeout: float = ...) -> None: ...
 
 
 class Monitor:
@@ -62,11 +58,11 @@ class Monitor:
         *,
         listener_app: Celery | None = None,
         control_app: Celery | None = None,
-        background: Sequence[Background] = (),
         clock: Callable[[], float] = time.time,
+        companions: Iterable[Companion] = (),
     ) -> None:
         self.settings = settings
-        self.background = tuple(background)
+        self.companions = tuple(companions)
         self.sink = sink
         self.stream = stream
         self.jobs = jobs
@@ -152,8 +148,8 @@ class Monitor:
                 self._ticker.start()
                 self._jobs_thread = threading.Thread(target=self._jobs_loop, name="dashboard-jobs", daemon=True)
                 self._jobs_thread.start()
-                for part in self.background:
-                    part.start()
+                for companion in self.companions:
+                    companion.start()
             except Exception:
                 self._stop.set()  # whatever did start winds down; a later start() may try again
                 raise
@@ -174,9 +170,8 @@ class Monitor:
         for thread in (self._ticker, self._jobs_thread):
             if thread is not None:
                 thread.join(timeout)
-        if self._started_pid is not None:
-            for part in self.background:
-                part.stop(timeout)
+        for companion in self.companions:
+            companion.stop(timeout)
         with self._lock:
             self._started_pid = None
 
