@@ -38,11 +38,13 @@ AUDIT_FILE_NAME = "audit.sqlite3"
 MAX_TRUSTED_PROXIES = 5
 MAX_RETENTION_DAYS = 36_500
 AUDIT_KEYS = frozenset({"path", "retention_days"})
+ACTIONS_KEYS = frozenset({"bulk_limit"})
 SERVER_KEYS = frozenset({"allowed_hosts", "max_websockets", "max_websockets_per_client", "request_timeout"})
 ROUTE_KEYS = frozenset({"queue", "exchange", "exchange_type", "routing_key", "priority"})
 TOP_LEVEL_KEYS = frozenset(
     {"broker_url", "result_backend", "task_default_queue", "routes", "tasks", "monitor", "client_app",
-     "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit", "trusted_proxies", "server"}
+     "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit", "trusted_proxies", "server",
+     "actions"}
 )
 
 
@@ -65,6 +67,13 @@ class ServerSettings:
     request_timeout: float = 10.0  # seconds a client has to send a whole request (head and body)
 
 
+@dataclass(frozen=True, slots=True)
+class ActionsSettings:
+    """The [actions] table: how many tasks one bulk action may take at most."""
+
+    bulk_limit: int = 10_000
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the dashboard needs to know, checked once at start-up."""
@@ -85,6 +94,7 @@ class Config:
     audit_retention_days: float | None = None  # audit entries older than this are deleted; None: kept for ever
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Prefix are believed
     server: ServerSettings = field(default_factory=ServerSettings)
+    actions: ActionsSettings = field(default_factory=ActionsSettings)
 
 
 def load_config(
@@ -168,7 +178,21 @@ def config_from_mapping(
         audit_retention_days=audit_retention_days,
         trusted_proxies=proxies,
         server=_server(data.get("server", {}), env, fail),
+        actions=_actions(data.get("actions", {}), fail),
     )
+
+
+def _actions(raw: Any, fail: Any) -> ActionsSettings:
+    """The [actions] table."""
+    if not isinstance(raw, dict):
+        raise fail("[actions] must be a table")
+    extra = sorted(set(raw) - ACTIONS_KEYS)
+    if extra:
+        raise fail(f"[actions]: unknown key(s) {', '.join(extra)}; use {', '.join(sorted(ACTIONS_KEYS))}")
+    limit = raw.get("bulk_limit", ActionsSettings().bulk_limit)
+    if not number_in(limit, 1, 1_000_000, whole=True):
+        raise fail("[actions] bulk_limit must be a whole number of tasks from 1 to 1000000")
+    return ActionsSettings(int(limit))
 
 
 def _server(raw: Any, env: Mapping[str, str], fail: Any) -> ServerSettings:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..model.state import State
+from .actions import Actions
 from .audit import AuditLog
 from .client import SendOnlyClient
 from .dispatch import Dispatcher
@@ -36,6 +37,7 @@ class Services:
     dispatcher: Dispatcher
     revocations: SessionRevocations
     rendered: RenderCache  # task messages and rows, shared by the websockets
+    actions: Actions  # revoke, dispatch again, bulk, one worker's page and commands
     live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
 
     def ensure_started(self) -> None:

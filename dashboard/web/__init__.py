@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ..services.container import Services
-from . import api, audit, auth, errors, live, metrics, openapi, pages, security
+from . import action_pages, actions, api, audit, auth, errors, live, metrics, openapi, pages, security
 from .context import SERVICES_KEY
 
 __all__ = ["SERVICES_KEY", "register"]
@@ -20,6 +20,8 @@ def register(app: Flask, services: Services) -> None:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(actions.bp)
+    app.register_blueprint(action_pages.bp)
     errors.register(app)
     security.register(app)
     auth.install(app, services.config.auth, services.config.secret_key)
