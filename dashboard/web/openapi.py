@@ -17,7 +17,7 @@ from ..model.dispatch import OUTCOMES
 from ..model.state import SORT_KEYS
 from ..model.state.tasks import EVENT_STATES
 from ..services.audit import MAX_QUERY_LIMIT
-from . import audit, auth, query, views
+from . import audit, auth, openapi_actions, query, views
 from .context import services
 from .openapi_schemas import (
     DESCRIPTION,
@@ -114,6 +114,7 @@ def _paths() -> Schema:
                 **write_40x,
             },
         }},
+        **openapi_actions.paths(write_40x, too_large),
         "/api/audit": get(
             "listAuditEntries", "audit", "Dispatch attempts, newest first", json_body(ref_to("AuditPage"), "One page"),
             parameters=[
@@ -187,7 +188,7 @@ def document(app: Flask) -> dict[str, Any]:
         "security": security,
         "paths": paths,
         "components": {
-            "schemas": schemas(),
+            "schemas": {**schemas(), **openapi_actions.schemas()},
             "responses": {
                 "Unauthorized": {
                     **error_answer("No credentials, or wrong ones"),
