@@ -301,12 +301,13 @@ def test_rate_limit_time_limit_and_consumers(cluster: Cluster) -> None:
     assert autoscale.status == 409 and "Autoscale not enabled" in autoscale.json()["error"]
     registered = {t["name"]: t for t in get(cluster.server, f"/api/workers/{host}")["registered"]}
     assert registered[UNFURL]["rate_limit"] == "10/m" and registered[UNFURL]["time_limit"] == "60.0"
-    wait_until(lambda: "actions-extra" in {q["name"] for q in get(cluster.server, f"/api/workers/{host}")["queues"]},
-               TASK_DEADLINE, "the added consumer", cluster.server)
+    def queues() -> set[str]:
+        return {q["name"] for q in get(cluster.server, f"/api/workers/{host}")["queues"]}
+
+    wait_until(lambda: "actions-extra" in queues(), TASK_DEADLINE, "the added consumer", cluster.server)
     cancelled = call(cluster.server, "POST", f"/api/workers/{host}/consumers/cancel", {"queue": "actions-extra"})
     assert cancelled.status == 200, cancelled.data
-    wait_until(lambda: "actions-extra" not in {q["name"] for q in get(cluster.server, f"/api/workers/{host}")["queues"]},
-               TASK_DEADLINE, "the cancelled consumer gone", cluster.server)
+    wait_until(lambda: "actions-extra" not in queues(), TASK_DEADLINE, "the cancelled consumer gone", cluster.server)
     assert call(cluster.server, "POST", "/api/workers/celery@nowhere/pool", {"grow": 1}).status == 404
 
 
@@ -337,7 +338,8 @@ def test_a_viewer_gets_403_on_every_action_page_and_api() -> None:
         "broker_url": f"redis://127.0.0.1:{free_port()}/0", "broker_timeout": 1, "audit": {"path": ""},
         "auth": {"users": [{"name": "op", "role": "operator",
                             "password_hash": generate_password_hash("op-password", "pbkdf2:sha256:1000")}],
-                 "tokens": [{"name": "v", "role": "viewer", "token_sha256": hashlib.sha256(token.encode()).hexdigest()}]},
+                 "tokens": [{"name": "v", "role": "viewer",
+                             "token_sha256": hashlib.sha256(token.encode()).hexdigest()}]},
     })
     app: Flask = create_app(config, live=False)
     client = app.test_client(use_cookies=False)
