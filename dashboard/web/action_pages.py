@@ -54,6 +54,12 @@ def _failed(failure: Failure, **links: Any) -> Response:
 # -- the task page -----------------------------------------------------------------------------------------------
 
 
+@bp.app_template_global()
+def task_actions_panel(task_id: str) -> Markup:
+    """The task page's action panel, rendered into the page itself (ready as soon as the page is)."""
+    return Markup(task_panel(task_id))  # our own template's output: everything from the task was escaped there
+
+
 @bp.get("/tasks/<task_id>/actions")
 def task_panel(task_id: str) -> str:
     """The task page's action panel (#task-actions): revoke, terminate, dispatch again, edit and send, links."""

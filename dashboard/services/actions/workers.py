@@ -4,6 +4,7 @@ question bounded), and the commands that change it (pool size, autoscale, consum
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from .control import Control
 
 log = logging.getLogger(__name__)
 
+RESIZE_WAIT = 8.0  # seconds a pool command waits for stats to show the new size
 TASK_INFO = ("rate_limit", "time_limit", "soft_time_limit")  # attributes `registered` reports for each task
 
 
@@ -132,10 +134,29 @@ class WorkerControl:
         )
 
     def pool(self, hostname: str, direction: str, n: int) -> str:
-        """pool_grow / pool_shrink by n."""
+        """pool_grow / pool_shrink by n; waits (briefly) until stats show the new size, and says it."""
         if direction not in ("grow", "shrink"):
             raise ActionError("give grow or shrink")
-        return self.control.command(f"pool_{direction}", hostname, {"n": n})
+        before = self._pool_size(hostname)
+        answer = self.control.command(f"pool_{direction}", hostname, {"n": n})
+        if before is None:
+            return answer
+        deadline = time.monotonic() + RESIZE_WAIT
+        while True:  # the pool starts or stops its processes after answering
+            size = self._pool_size(hostname)
+            if size is not None and size != before:
+                return f"{answer}: {size} processes now (were {before})"
+            if time.monotonic() >= deadline:
+                return f"{answer}: still {before} processes after {RESIZE_WAIT:.0f}s (the pool may resize later)"
+            time.sleep(0.2)
+
+    def _pool_size(self, hostname: str) -> int | None:
+        try:
+            reply = self.inspector.ask(lambda i: i.stats(), [hostname], 1)
+        except BROKER_ERRORS:
+            return None
+        stats = reply.get(hostname) if isinstance(reply, Mapping) else None
+        return pool_size(stats if isinstance(stats, Mapping) else None)
 
     def autoscale(self, hostname: str, high: int, low: int) -> str:
         """Set the autoscale range."""
