@@ -10,6 +10,7 @@ from markupsafe import Markup
 from werkzeug.exceptions import NotFound
 
 from ..model.actions import (
+    BULK_KINDS,
     BULK_SAMPLE,
     SIGNALS,
     ActionError,
@@ -174,11 +175,16 @@ def edit_send(task_id: str) -> tuple[str, int]:
 # -- the tasks list: bulk -------------------------------------------------------------------------------------------
 
 
+def _bulk_form() -> dict[str, Any]:
+    """The bulk form's fields; its filters are named filter.<key> (the page's own filter form has the plain names)."""
+    return {key.removeprefix("filter."): value for key, value in body_object(form=True).items()}
+
+
 @bp.post("/tasks/bulk/preview")
 def bulk_preview() -> tuple[str, int]:
     """The bulk panel's preview: how many, which; and the button that runs it on that many."""
     try:
-        kind, selection, revoke, _force, _expected = bulk_request(body_object(form=True))
+        kind, selection, revoke, _force, _expected = bulk_request(_bulk_form())
     except ActionError as exc:
         return render_template("partials/action_result.html", ok=False, message=exc.message,
                                at=services().monitor.clock()), exc.status
@@ -192,11 +198,13 @@ def bulk_start() -> tuple[str, int]:
     """Start the previewed bulk action; answers its progress, which polls itself until done."""
     svc = services()
     try:
-        kind, selection, revoke, force, expected = bulk_request(body_object(form=True))
+        kind, selection, revoke, force, expected = bulk_request(_bulk_form())
         job = svc.actions.bulk.start(kind, selection, request_origin(), expected=expected, revoke=revoke,
                                      force=force)
     except ActionError as exc:
-        record_action("tasks.bulk", "tasks", {"form": dict(request.form.items())}, "refused", exc.message)
+        action = request.form.get("action")
+        record_action(f"tasks.bulk_{action}" if action in BULK_KINDS else "tasks.bulk", "tasks",
+                      {"form": _bulk_form()}, "refused", exc.message)
         return render_template("partials/action_result.html", ok=False, message=exc.message,
                                at=svc.monitor.clock()), exc.status
     return render_template("partials/bulk_progress.html", job=job), 202
