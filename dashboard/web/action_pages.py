@@ -89,7 +89,7 @@ def task_revoke(task_id: str) -> Response:
         queue = failure.extra.get("queue")
         return _failed(failure, queue=queue, queue_link=queue_url(queue) if queue else None)
     assert outcome is not None
-    return _result(True, outcome.message, 200, event=TASK_ACTED)
+    return _result(True, outcome.message, 200, event=f"{TASK_ACTED}, {WORKER_ACTED}")  # the task's and worker's pages
 
 
 @bp.post("/tasks/<task_id>/redispatch")

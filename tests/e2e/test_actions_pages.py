@@ -223,3 +223,21 @@ def test_worker_page_cancels_a_consumer_and_sets_a_rate_limit(accept_dialogs: Pa
     expect(page.locator("#worker-action-result")).to_contain_text("new rate limit set", timeout=EXPECT_MS)
     expect(page.locator(f"#worker-detail table.registered tr[data-task-name='{UNFURL}'] input[name=rate]")) \
         .to_have_value("5/m", timeout=EXPECT_MS)
+
+
+def test_worker_page_terminates_an_active_task(page: Page, server: LiveServer, prefork_worker: CeleryWorker) -> None:
+    running = api_dispatch(server, {"name": SLEEP, "kwargs": {"seconds": 60}})
+    wait_until(lambda: get(server, f"/api/tasks/{running['task_id']}")["state"] == "STARTED", 20.0, "STARTED",
+               server)
+    open_worker(page, server, prefork_worker)
+    row = page.locator(f"#worker-detail table.active-tasks tr[data-task-id='{running['task_id']}']")
+    expect(row).to_be_visible(timeout=EXPECT_MS)
+
+    row.locator("select[name=signal]").select_option("SIGTERM")
+    row.locator("button.worker-terminate").click()
+
+    expect(page.locator("#worker-action-result")).to_contain_text("revoked and terminated with SIGTERM",
+                                                                  timeout=EXPECT_MS)
+    expect(row).to_have_count(0, timeout=EXPECT_MS)  # the panel is asked again: the task no longer runs
+    wait_until(lambda: get(server, f"/api/tasks/{running['task_id']}")["state"] == "REVOKED", 20.0, "REVOKED",
+               server)

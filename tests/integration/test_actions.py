@@ -349,8 +349,11 @@ def test_a_viewer_gets_403_on_every_action_page_and_api() -> None:
     try:
         answers = {path: client.post(path, json={}, headers={"Authorization": f"Bearer {token}"}).status_code
                    for path in paths}
+        task_page = client.get("/tasks/t-1", headers={"Authorization": f"Bearer {token}"})
     finally:
         services = app.extensions["dispatch_dashboard"]
         services.close()
 
     assert answers == dict.fromkeys(paths, 403)
+    assert task_page.status_code == 200
+    assert b"viewer-note" in task_page.data and b'class="actions-fieldset" disabled' in task_page.data
