@@ -102,6 +102,8 @@ def task_redispatch(task_id: str) -> Response:
     if failure is not None:
         edit = url_for("act.edit_page", task_id=task_id) + f"#{RAW_FORM_ID}" if failure.status in (409, 422) \
             else None
+        if failure.extra.get("warnings"):  # the dispatch guard: the edit form offers "send anyway"
+            failure.message = f"not sent: {'; and '.join(failure.extra['warnings'])}. Edit and send to send anyway"
         return _failed(failure, edit_link=edit)
     assert result is not None
     sent, _call = result

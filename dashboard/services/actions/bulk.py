@@ -14,12 +14,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ...exceptions import BrokerUnavailable, DispatchRefused, RoutingError
 from ...model.actions import (
     BULK_SAMPLE,
+    UNFINISHED,
     ActionError,
     BulkKind,
     RevokeRequest,
@@ -159,12 +160,19 @@ class BulkActions:
         if problem is not None:
             return Preview(kind, selection, 0, 0, self.limit, [], problem)
         matching, total = self._matching(kind, taken_selection)
-        return Preview(kind, taken_selection, total, min(len(matching), self.limit), self.limit,
-                       matching[:BULK_SAMPLE])
+        return Preview(kind, taken_selection, total, len(matching), self.limit, matching[:BULK_SAMPLE])
 
     def _matching(self, kind: BulkKind, selection: Selection) -> tuple[list[TaskView], int]:
-        page, total = self.select(selection, self.limit, 0)
-        return [task for task in page if eligible(kind, task.state)], total
+        """The tasks the action takes (newest first within each state, at most `limit`) and how many match in all:
+        one selection per state it acts on, so the cap counts only tasks it would act on."""
+        states = [selection.state] if selection.state else sorted(UNFINISHED) if kind == "revoke" else ["FAILURE"]
+        found: list[TaskView] = []
+        total = 0
+        for state in states:
+            page, matching = self.select(replace(selection, state=state), self.limit, 0)
+            total += matching
+            found.extend(task for task in page if eligible(kind, task.state))
+        return found[: self.limit], total
 
     def start(self, kind: BulkKind, selection: Selection, origin: Origin, *, expected: int | None,
               revoke: RevokeRequest | None = None, force: bool = False) -> BulkJob:
@@ -218,6 +226,10 @@ class BulkActions:
             else:
                 heard.append(task)
         online = len(self.tasks.state.online_workers())
+        if online == 0 and not revoke.force:
+            for task in heard:
+                job.note(task.id, "skipped", "no worker is online to hear the revoke")
+            return
         for start in range(0, len(heard), REVOKE_BATCH):
             batch = heard[start:start + REVOKE_BATCH]
             try:
