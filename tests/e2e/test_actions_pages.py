@@ -148,6 +148,22 @@ def test_a_rows_revoke_button_in_the_tasks_list(accept_dialogs: Page, server: Li
     expect(page.locator("#row-action-result")).to_contain_text(f"{task['task_id']} revoked", timeout=EXPECT_MS)
 
 
+def test_a_failed_rows_again_button_in_the_tasks_list(accept_dialogs: Page, server: LiveServer) -> None:
+    page = accept_dialogs
+    marker = uuid.uuid4().hex[:8]
+    failed = api_dispatch(server, {"name": FAIL, "kwargs": {"message": marker}})
+    open_live(page, f"{server.url}/tasks?name={FAIL}")
+    row = page.locator(f"tr[data-task-id='{failed['task_id']}']")
+    expect(row).to_have_attribute("data-state", "FAILURE", timeout=EXPECT_MS)
+
+    row.locator("button.row-redispatch").click()
+
+    result = page.locator("#row-action-result")
+    expect(result).to_contain_text("dispatched again as", timeout=EXPECT_MS)
+    result.locator("a.new-task").click()
+    expect(page.locator("#task-actions .dispatch-of")).to_contain_text(failed["task_id"], timeout=EXPECT_MS)
+
+
 def test_bulk_preview_then_run(page: Page, server: LiveServer) -> None:
     marker = uuid.uuid4().hex[:8]
     failed = [api_dispatch(server, {"name": FAIL, "kwargs": {"message": f"{marker}-{n}"}}) for n in range(2)]
@@ -173,8 +189,8 @@ def test_bulk_preview_then_run(page: Page, server: LiveServer) -> None:
 
 
 def settled(page: Page) -> None:
-    """htmx has processed what it swapped in (its buttons work): no element is still marked added or settling."""
-    expect(page.locator(".htmx-added, .htmx-settling")).to_have_count(0, timeout=EXPECT_MS)
+    """htmx has no request in flight and has processed what it swapped in (its buttons work)."""
+    expect(page.locator(".htmx-request, .htmx-added, .htmx-settling")).to_have_count(0, timeout=EXPECT_MS)
 
 
 def open_worker(page: Page, server: LiveServer, worker: CeleryWorker) -> None:
@@ -223,6 +239,15 @@ def test_worker_page_cancels_a_consumer_and_sets_a_rate_limit(accept_dialogs: Pa
     expect(page.locator("#worker-action-result")).to_contain_text("new rate limit set", timeout=EXPECT_MS)
     expect(page.locator(f"#worker-detail table.registered tr[data-task-name='{UNFURL}'] input[name=rate]")) \
         .to_have_value("5/m", timeout=EXPECT_MS)
+    settled(page)
+
+    row = page.locator(f"#worker-detail table.registered tr[data-task-name='{UNFURL}']")
+    row.locator("input[name=soft]").fill("50")
+    row.locator("input[name=hard]").fill("60")
+    row.locator("button.set-time").click()
+    expect(page.locator("#worker-action-result")).to_contain_text("time limits set successfully", timeout=EXPECT_MS)
+    expect(page.locator(f"#worker-detail table.registered tr[data-task-name='{UNFURL}'] input[name=hard]")) \
+        .to_have_value("60.0", timeout=EXPECT_MS)
 
 
 def test_worker_page_terminates_an_active_task(page: Page, server: LiveServer, prefork_worker: CeleryWorker) -> None:
