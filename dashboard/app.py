@@ -18,6 +18,7 @@ from .exceptions import ConfigError
 from .model.series import QueueSample
 from .model.state import State
 from .resources import resource_dir
+from .services.actions import Actions, BulkActions, Control, TaskActions, WorkerControl, state_selector
 from .services.alert_marks import AlertMarks
 from .services.audit import DAY, PRUNE_EVERY, AuditLog
 from .services.broker import BrokerInspector, QueueBrowser, broker_inspector, queue_browser
@@ -128,14 +129,25 @@ def build_services(
     jobs = Jobs(job_list, bell)
     monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control, clock=clock,
                       companions=(notifier, *((history.writer,) if history is not None else ())))
+    dispatcher = Dispatcher(client, routing, audit, stats, sink)
     return Services(
         config=config, client=client, state=state, hub=hub, stream=stream, monitor=monitor, routing=routing,
-        resync=resync, stats=stats, audit=audit, dispatcher=Dispatcher(client, routing, audit, stats, sink),
+        resync=resync, stats=stats, audit=audit, dispatcher=dispatcher,
+        actions=_actions(config, state, routing, inspector, control, client, dispatcher, audit),
         revocations=(SessionRevocations(settings.broker_url, settings.result_backend) if config.auth.enabled
                      else SessionRevocations()),
         rendered=RenderCache(), queues=_queues(settings, routing, state, client), marks=marks, notifier=notifier,
         history=history, live=live,
     )
+
+
+def _actions(config: Config, state: State, routing: RoutingService, inspector: WorkerInspector, control_app: Celery,
+             client: SendOnlyClient, dispatcher: Dispatcher, audit: AuditLog | None) -> Actions:
+    """Task, bulk and worker actions, sharing one bounded control channel."""
+    control = Control(control_app, inspector.timeout)
+    tasks = TaskActions(state, routing, control, client, dispatcher, audit, config.catalog)
+    return Actions(tasks, BulkActions(state_selector(state), tasks, control, audit, config.actions.bulk_limit),
+                   WorkerControl(inspector, control))
 
 
 def client_control_app(settings: ClientSettings) -> Celery:

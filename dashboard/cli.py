@@ -197,7 +197,7 @@ def demo(host: str, port: int, redis_port: int, config_file: str | None, server_
         try:
             worker = stack.enter_context(
                 CeleryWorker(broker_url=broker_url, backend_url=backend_url, queues=("stt", "llm", "default"),
-                             name="stub", log_path=workdir / "worker.log",
+                             name="stub", log_path=workdir / "worker.log", pool="prefork", concurrency=2,
                              pythonpath=[str(stub_root)] if stub_root is not None else ())
             )
         except DashboardError as exc:

@@ -47,6 +47,7 @@ HISTORY_KEYS = frozenset({"url", "retention_days", "max_tasks", "flush_interval"
 MAX_TRUSTED_PROXIES = 5
 MAX_RETENTION_DAYS = 36_500
 AUDIT_KEYS = frozenset({"path", "retention_days"})
+ACTIONS_KEYS = frozenset({"bulk_limit"})
 SERVER_KEYS = frozenset({"allowed_hosts", "max_websockets", "max_websockets_per_client", "request_timeout"})
 ALERTS_KEYS = frozenset({"dashboard_url", "webhooks"})
 WEBHOOK_KEYS = frozenset({"name", "url", "url_env", "events", "kinds", "headers", "secret", "secret_env", "timeout",
@@ -55,7 +56,7 @@ ROUTE_KEYS = frozenset({"queue", "exchange", "exchange_type", "routing_key", "pr
 TOP_LEVEL_KEYS = frozenset(
     {"broker_url", "result_backend", "task_default_queue", "routes", "tasks", "monitor", "client_app",
      "broker_timeout", "broker_transport_options", "auth", "secret_key", "audit", "trusted_proxies", "server",
-     "history", "alerts"}
+     "history", "alerts", "actions"}
 )
 
 
@@ -101,6 +102,13 @@ class AlertSettings:
     webhooks: tuple[WebhookSpec, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class ActionsSettings:
+    """The [actions] table: how many tasks one bulk action may take at most."""
+
+    bulk_limit: int = 10_000
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the dashboard needs to know, checked once at start-up."""
@@ -123,6 +131,7 @@ class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    actions: ActionsSettings = field(default_factory=ActionsSettings)
 
 
 def load_config(
@@ -208,7 +217,21 @@ def config_from_mapping(
         server=_server(data.get("server", {}), env, fail),
         history=_history(data.get("history", {}), env, fail),
         alerts=_alerts(data.get("alerts", {}), env, fail),
+        actions=_actions(data.get("actions", {}), fail),
     )
+
+
+def _actions(raw: Any, fail: Any) -> ActionsSettings:
+    """The [actions] table."""
+    if not isinstance(raw, dict):
+        raise fail("[actions] must be a table")
+    extra = sorted(set(raw) - ACTIONS_KEYS)
+    if extra:
+        raise fail(f"[actions]: unknown key(s) {', '.join(extra)}; use {', '.join(sorted(ACTIONS_KEYS))}")
+    limit = raw.get("bulk_limit", ActionsSettings().bulk_limit)
+    if not number_in(limit, 1, 1_000_000, whole=True):
+        raise fail("[actions] bulk_limit must be a whole number of tasks from 1 to 1000000")
+    return ActionsSettings(int(limit))
 
 
 def _server(raw: Any, env: Mapping[str, str], fail: Any) -> ServerSettings:

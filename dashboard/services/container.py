@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..model.state import State
+from .actions import Actions
 from .alert_marks import AlertMarks
 from .audit import AuditLog
 from .client import SendOnlyClient
@@ -43,6 +44,7 @@ class Services:
     queues: QueueService  # the queue browser: peek, move, purge, delete by name
     marks: AlertMarks  # acknowledgements and silences of alerts
     notifier: AlertNotifier  # alert webhooks (its threads start and stop with the monitor)
+    actions: Actions  # revoke, dispatch again, bulk, one worker's page and commands
     history: History | None = None  # None exactly when history is off
     live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
 

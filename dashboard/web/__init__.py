@@ -5,7 +5,22 @@ from __future__ import annotations
 from flask import Flask
 
 from ..services.container import Services
-from . import alert_actions, api, audit, auth, errors, history, live, metrics, openapi, pages, queues, security
+from . import (
+    action_pages,
+    actions,
+    alert_actions,
+    api,
+    audit,
+    auth,
+    errors,
+    history,
+    live,
+    metrics,
+    openapi,
+    pages,
+    queues,
+    security,
+)
 from .context import SERVICES_KEY
 
 __all__ = ["SERVICES_KEY", "register"]
@@ -23,6 +38,8 @@ def register(app: Flask, services: Services) -> None:
     app.register_blueprint(audit.bp)
     app.register_blueprint(history.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(actions.bp)
+    app.register_blueprint(action_pages.bp)
     errors.register(app)
     security.register(app)
     auth.install(app, services.config.auth, services.config.secret_key)

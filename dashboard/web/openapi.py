@@ -20,7 +20,7 @@ from ..model.search import MAX_QUERY_CHARS, SEARCH_SORTS
 from ..model.state import SORT_KEYS
 from ..model.state.tasks import EVENT_STATES
 from ..services.audit import MAX_QUERY_LIMIT
-from . import audit, auth, query, queues, views
+from . import audit, auth, openapi_actions, query, queues, views
 from .context import services
 from .openapi_schemas import (
     DESCRIPTION,
@@ -225,6 +225,7 @@ def _paths() -> Schema:
             ("delete", "deleteQueueMessages", "Delete only the messages of one task name", "QueueDelete",
              "deleted"),
         )},
+        **openapi_actions.paths(write_40x, too_large),
         "/api/audit": get(
             "listAuditEntries", "audit", "Dispatch attempts, newest first", json_body(ref_to("AuditPage"), "One page"),
             parameters=[
@@ -298,7 +299,7 @@ def document(app: Flask) -> dict[str, Any]:
         "security": security,
         "paths": paths,
         "components": {
-            "schemas": schemas(),
+            "schemas": {**schemas(), **openapi_actions.schemas()},
             "responses": {
                 "Unauthorized": {
                     **error_answer("No credentials, or wrong ones"),

@@ -89,6 +89,9 @@ class FormView:
     failure: str | None = None
     guard: Guard | None = None
     refused: list[str] = field(default_factory=list)
+    post_url: str | None = None  # "edit and send" posts elsewhere: a dispatch again of `original`
+    original: str | None = None
+    call: Any = None  # the original's KnownCall: exact, or only its events' repr
 
     @property
     def raw(self) -> bool:

@@ -57,7 +57,8 @@ CLI_TIMEOUT = 30
 WS_TIMEOUT = 10.0
 
 # Sample values for the URL map's path arguments; a new argument name fails test_every_path_argument_has_a_sample.
-PATH_SAMPLES = {"task_id": "abc-123", "queue": "q1", "filename": "app.css", "key": "orphaned_queue:q1"}
+PATH_SAMPLES = {"task_id": "abc-123", "queue": "q1", "filename": "app.css", "key": "orphaned_queue:q1",
+                "hostname": "celery@w1", "job_id": "j1"}
 UNUSED_PORT = 1  # tcpmux: nothing listens on loopback, so broker calls are refused at once
 
 WS_HEADERS = {

@@ -137,6 +137,7 @@ def test_config_mirroring_the_worker_is_consistent(cluster: Cluster, tmp_path: P
         "worker.tasks.link.unfurl": "default",
         "worker.tasks.demo.fail": "default",
         "worker.tasks.demo.slow": "default",
+        "worker.tasks.demo.sleep": "default",
     }
     assert all(row["registered_on"] == [cluster.worker.hostname] for row in rows.values())
 

@@ -28,6 +28,7 @@ STUB_TASK_NAMES = frozenset(
         "worker.tasks.link.unfurl",
         "worker.tasks.demo.fail",
         "worker.tasks.demo.slow",
+        "worker.tasks.demo.sleep",
     }
 )
 REPLY_TIMEOUT = 5.0

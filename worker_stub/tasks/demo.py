@@ -1,4 +1,5 @@
-"""Demo tasks for the dashboard: one that always fails, one that reports progress."""
+"""Demo tasks for the dashboard: one that always fails, one that reports progress, one that sleeps long (for
+"revoke and terminate": only a terminate stops it early)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from worker_stub.app import app
 
 FAIL = "worker.tasks.demo.fail"
 SLOW = "worker.tasks.demo.slow"
+SLEEP = "worker.tasks.demo.sleep"
 
 MAX_SLOW_SECONDS = 300.0
 
@@ -35,3 +37,11 @@ def slow(self: Task, seconds: float = 5.0, steps: int = 5) -> dict[str, Any]:
             self.update_state(state="PROGRESS", meta={"step": step, "steps": steps})
         time.sleep(seconds / steps)
     return {"seconds": seconds, "steps": steps}
+
+
+@app.task(name=SLEEP)  # type: ignore[untyped-decorator]  # celery ships no type hints
+def sleep(seconds: float = 60.0) -> float:
+    """Sleep `seconds` (capped at 300) in one call, then return them: a task that runs until stopped."""
+    seconds = min(max(float(seconds), 0.0), MAX_SLOW_SECONDS)
+    time.sleep(seconds)
+    return seconds

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MEMORY: Final = ":memory:"  # a private in-memory database (tests)
 MAX_QUERY_LIMIT: Final = 1000
+MAX_DETAIL_CHARS: Final = 1024 * 1024  # an action's detail: a bulk action lists every task's outcome
 BUSY_TIMEOUT: Final = 5.0  # seconds a write waits for another process's lock (fsyncs are slow under load)
 PRUNE_BATCH: Final = 5_000  # rows deleted per statement, so that a large prune never holds the lock for long
 PRUNE_EVERY: Final = 3600.0  # seconds between retention passes
@@ -133,7 +134,7 @@ def _entry(row: tuple[Any, ...]) -> AuditEntry:
 
 def _action_row(entry: ActionEntry) -> tuple[Any, ...]:
     return (float(entry.at), capped(entry.who), capped(entry.source), _optional(entry.remote_addr),
-            capped(entry.action), capped(entry.target), capped(entry.detail), capped(entry.outcome),
+            capped(entry.action), capped(entry.target), capped(entry.detail, MAX_DETAIL_CHARS), capped(entry.outcome),
             _optional(entry.error))
 
 
@@ -247,6 +248,22 @@ class AuditLog:
         except sqlite3.Error as exc:
             raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be read: {exc}")) from None
         return [_action(tuple(row)) for row in rows], total
+
+    def actions_mentioning(self, actions: tuple[str, ...], text: str, limit: int = 100) -> list[ActionEntry]:
+        """The newest of `actions` whose detail holds `text` (a task id, say), newest first. AuditUnavailable when
+        the log cannot be read."""
+        if not actions:
+            return []
+        marks = ", ".join("?" * len(actions))
+        try:
+            with self._lock:
+                rows = self._connection().execute(
+                    f"{_SELECT_ACTIONS} WHERE action IN ({marks}) AND instr(detail, ?) > 0 "
+                    "ORDER BY at DESC, id DESC LIMIT ?", (*actions, text, limit),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be read: {exc}")) from None
+        return [_action(tuple(row)) for row in rows]
 
     def count_failure(self) -> int:
         """Count an entry that never reached `record` (it could not be built); the new total."""
