@@ -263,6 +263,10 @@ def worker(hostname: str) -> tuple[Response, int]:
     except _UNAVAILABLE as exc:
         return jsonify(error=_unavailable_text(exc)), 503
     view = svc.state.worker(hostname)
+    if not detail.answered:
+        offline = " (it is offline)" if view is not None and not view.online else ""
+        return jsonify(error=f"worker {hostname} did not answer within {svc.actions.workers.inspector.timeout:.0f}s"
+                             f"{offline}"), 504
     return jsonify(**detail.to_dict(), status=view.status if view else "offline",
                    answered=detail.answered), 200
 

@@ -73,7 +73,8 @@ def open_task(page: Page, server: LiveServer, task_id: str, state: str) -> None:
     expect(page.locator("#task-actions")).to_be_visible(timeout=EXPECT_MS)
 
 
-def test_revoke_and_terminate_with_a_chosen_signal(page: Page, server: LiveServer) -> None:
+def test_revoke_and_terminate_with_a_chosen_signal(accept_dialogs: Page, server: LiveServer) -> None:
+    page = accept_dialogs
     scheduled = api_dispatch(server, {"name": SLEEP, "kwargs": {"seconds": 60}, "options": {"countdown": 300}})
     open_task(page, server, scheduled["task_id"], "RECEIVED")
     page.locator("#task-actions button.revoke").click()
@@ -91,7 +92,8 @@ def test_revoke_and_terminate_with_a_chosen_signal(page: Page, server: LiveServe
     expect(page.locator("#task-detail .timeline")).to_contain_text("signum=9")
 
 
-def test_dispatch_again_links_the_new_task_and_the_original(page: Page, server: LiveServer) -> None:
+def test_dispatch_again_links_the_new_task_and_the_original(accept_dialogs: Page, server: LiveServer) -> None:
+    page = accept_dialogs
     original = api_dispatch(server, {"name": UNFURL, "kwargs": {"url": f"https://example.com/{uuid.uuid4().hex}"}})
     open_task(page, server, original["task_id"], "SUCCESS")
     expect(page.locator("#task-actions .call-source")).to_contain_text("exact arguments from the audit log")
@@ -250,7 +252,9 @@ def test_worker_page_cancels_a_consumer_and_sets_a_rate_limit(accept_dialogs: Pa
         .to_have_value("60.0", timeout=EXPECT_MS)
 
 
-def test_worker_page_terminates_an_active_task(page: Page, server: LiveServer, prefork_worker: CeleryWorker) -> None:
+def test_worker_page_terminates_an_active_task(accept_dialogs: Page, server: LiveServer,
+                                               prefork_worker: CeleryWorker) -> None:
+    page = accept_dialogs
     running = api_dispatch(server, {"name": SLEEP, "kwargs": {"seconds": 60}})
     wait_until(lambda: get(server, f"/api/tasks/{running['task_id']}")["state"] == "STARTED", 20.0, "STARTED",
                server)

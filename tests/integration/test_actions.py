@@ -325,8 +325,10 @@ def test_a_silent_worker_gets_a_clear_504(cluster: Cluster) -> None:
                TASK_DEADLINE, "the silent worker seen", cluster.server)
 
     reply: Reply = call(cluster.server, "POST", f"/api/workers/{hostname}/pool", {"grow": 1})
+    detail = call(cluster.server, "GET", f"/api/workers/{hostname}")
 
     assert reply.status == 504 and "did not answer" in reply.json()["error"], reply.data
+    assert detail.status == 504 and "did not answer" in detail.json()["error"], detail.data
 
 
 # -- roles --------------------------------------------------------------------------------------------------------
