@@ -133,7 +133,7 @@ def build_services(
     return Services(
         config=config, client=client, state=state, hub=hub, stream=stream, monitor=monitor, routing=routing,
         resync=resync, stats=stats, audit=audit, dispatcher=dispatcher,
-        actions=_actions(config, state, routing, inspector, control, client, dispatcher, audit),
+        actions=_actions(config, state, routing, inspector, control, client, dispatcher, audit, history),
         revocations=(SessionRevocations(settings.broker_url, settings.result_backend) if config.auth.enabled
                      else SessionRevocations()),
         rendered=RenderCache(), queues=_queues(settings, routing, state, client), marks=marks, notifier=notifier,
@@ -142,12 +142,13 @@ def build_services(
 
 
 def _actions(config: Config, state: State, routing: RoutingService, inspector: WorkerInspector, control_app: Celery,
-             client: SendOnlyClient, dispatcher: Dispatcher, audit: AuditLog | None) -> Actions:
+             client: SendOnlyClient, dispatcher: Dispatcher, audit: AuditLog | None,
+             history: History | None) -> Actions:
     """Task, bulk and worker actions, sharing one bounded control channel."""
     control = Control(control_app, inspector.timeout)
     tasks = TaskActions(state, routing, control, client, dispatcher, audit, config.catalog)
-    return Actions(tasks, BulkActions(state_selector(state), tasks, control, audit, config.actions.bulk_limit),
-                   WorkerControl(inspector, control))
+    return Actions(tasks, BulkActions(state_selector(state, history), tasks, control, audit,
+                                      config.actions.bulk_limit), WorkerControl(inspector, control))
 
 
 def client_control_app(settings: ClientSettings) -> Celery:

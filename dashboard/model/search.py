@@ -194,6 +194,21 @@ def _merged(filters: list[ValueFilter]) -> tuple[ValueFilter, ...]:
     return (*merged.values(), *negations)
 
 
+def fold_filters(q: str, state: str | None = None, name: str | None = None, queue: str | None = None,
+                 worker: str | None = None) -> str:
+    """A search with the tasks list's other filters added: the state, queue and worker exact, the name as a part of
+    names. SearchError for a filter a search cannot quote (one holding a double quote)."""
+    parts = [q]
+    if state:
+        parts.append(f"state:{state}")
+    for key, value, pattern in (("queue", queue, "{}"), ("worker", worker, "{}"), ("name", name, "*{}*")):
+        if value:
+            if '"' in value:
+                raise SearchError(f'{key}: a filter beside a search cannot hold a double quote (")')
+            parts.append(f'{key}:"{pattern.format(value)}"')
+    return " ".join(part for part in parts if part)
+
+
 def parse_time(value: str, now: float, key: str = "time") -> float:
     """A moment: a duration back from `now` (1h), ISO 8601 (UTC unless it says otherwise) or epoch seconds."""
     duration = _DURATION.fullmatch(value.lower())

@@ -35,7 +35,7 @@ from .views import FilterError, TaskFilters
 bp = Blueprint("actions", __name__)
 
 T = TypeVar("T")
-SELECTION_KEYS = ("state", "name", "queue", "worker")
+SELECTION_KEYS = ("state", "name", "queue", "worker", "q")
 _UNAVAILABLE: tuple[type[BaseException], ...] = (BrokerUnavailable, *BROKER_ERRORS)
 
 
@@ -103,7 +103,7 @@ def selection_of(body: Mapping[str, Any]) -> Selection:
         filters = TaskFilters.from_args({key: value for key, value in values.items() if value})
     except FilterError as exc:
         raise ActionError(str(exc)) from None
-    return Selection(filters.state, filters.name, filters.queue, filters.worker)
+    return Selection(filters.state, filters.name, filters.queue, filters.worker, filters.q)
 
 
 def bulk_request(body: object) -> tuple[BulkKind, Selection, RevokeRequest, bool, int | None]:

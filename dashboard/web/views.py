@@ -18,7 +18,7 @@ from markupsafe import Markup
 from ..exceptions import BrokerUnavailable
 from ..model.catalog import task_name_problem
 from ..model.notify import SILENCE_CHOICES, AlertMark
-from ..model.search import MAX_QUERY_CHARS, SearchError, TaskQuery, parse_query
+from ..model.search import MAX_QUERY_CHARS, SearchError, TaskQuery, fold_filters, parse_query
 from ..model.secrets import mask_text
 from ..model.series import polyline
 from ..model.state import DEFAULT_SORT, EVENT_STATES, SORT_KEYS, TaskView
@@ -79,7 +79,8 @@ class TaskFilters:
         search = None
         if q is not None:
             try:
-                search = parse_query(_folded(q, state, values), time.time() if now is None else now)
+                search = parse_query(fold_filters(q, state, values["name"], values["queue"], values["worker"]),
+                                     time.time() if now is None else now)
             except SearchError as exc:
                 raise FilterError(f"search: {exc}") from None
         return cls(state, values["name"], values["queue"], values["worker"], limit, offset, sort, q, search)
@@ -111,20 +112,6 @@ class TaskFilters:
         if self.sort.removeprefix("-") != key:
             return "none"
         return "descending" if self.sort.startswith("-") else "ascending"
-
-
-def _folded(q: str, state: str | None, values: Mapping[str, str | None]) -> str:
-    """The search with the form's other filters added (a name as a part of names, the others exact)."""
-    parts = [q]
-    if state:
-        parts.append(f"state:{state}")
-    for key, pattern in (("queue", "{}"), ("worker", "{}"), ("name", "*{}*")):
-        value = values[key]
-        if value:
-            if '"' in value:
-                raise FilterError(f'{key}: a filter beside a search cannot hold a double quote (")')
-            parts.append(f'{key}:"{pattern.format(value)}"')
-    return " ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,29 @@ def test_stats_and_status_pages_through_the_navigation(
     expect(page.locator("#history-role")).to_contain_text("writer")
     expect(page.locator("#history-dropped")).to_have_text("0")
     browser_errors.assert_clean()
+
+
+def test_a_bulk_action_over_a_search_previews_and_runs_on_its_matches(
+    page: Page, dashboard_server: LiveServer, browser_errors: BrowserErrors
+) -> None:
+    word = f"bulk{uuid.uuid4().hex[:8]}"
+    failed = [api_dispatch(dashboard_server, {"name": FAIL, "kwargs": {"message": f"{word} {n}"}}) for n in range(2)]
+    page.goto(f"{dashboard_server.url}/tasks")
+    page.get_by_label("Search").fill(f"kwargs:{word}")
+    page.get_by_label("Search").press("Enter")
+    for sent in failed:
+        expect(page.locator(f'#task-table tr[data-task-id="{sent["task_id"]}"]')).to_have_attribute(
+            "data-state", "FAILURE", timeout=RUN_MS)
+
+    page.locator("#bulk-panel summary").click()
+    expect(page.locator("#bulk-panel")).to_contain_text(f"kwargs:{word}")
+    page.locator("#bulk-panel select[name=action]").select_option("redispatch")
+    page.locator("#bulk-panel button.bulk-preview").click()
+
+    count = page.locator("#bulk-result .bulk-count")
+    expect(count).to_have_attribute("data-count", "2", timeout=EXPECT_MS)
+    page.locator("#bulk-result button.bulk-run-button").click()
+    status = page.locator("#bulk-result .bulk-progress")
+    expect(status).to_have_attribute("data-running", "false", timeout=RUN_MS)
+    expect(status.locator(".bulk-count-sent")).to_have_text("2")
+    browser_errors.assert_clean()

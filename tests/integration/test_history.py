@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,20 @@ def services_result(broker_url: str, backend_url: str, task_id: str) -> str | No
         return None if found is None else str(found["state"])
     finally:
         services(app).close()
+
+
+def test_a_bulk_action_takes_a_search_over_history(stub_worker: CeleryWorker, app: Flask) -> None:
+    client = app.test_client()
+    word = f"bulkword{uuid.uuid4().hex[:6]}"
+    failed = [dispatch(client, FAIL, message=f"{word} {i}") for i in range(3)]
+    other = dispatch(client, FAIL, message="unrelated")
+    wait_until(lambda: finished_and_written(client, [*failed, other]), DEADLINE, "the failures written")
+
+    preview = client.post("/api/tasks/bulk/preview", json={"action": "redispatch", "q": f"kwargs:{word}"})
+
+    assert preview.status_code == 200, preview.get_json()
+    body = preview.get_json()
+    assert body["matching"] == 3 and {task["id"] for task in body["sample"]} == set(failed), body
+    assert body["filters"] == {"state": "FAILURE", "q": f"kwargs:{word}"}
+    bad = client.post("/api/tasks/bulk/preview", json={"action": "redispatch", "q": "colour:red"})
+    assert bad.status_code == 400 and "unknown key" in bad.get_json()["error"]

@@ -142,3 +142,13 @@ def test_sort_orders() -> None:
 
 def test_an_empty_query_is_the_default() -> None:
     assert TaskQuery().empty
+
+
+def test_fold_filters_adds_the_lists_filters_to_a_search() -> None:
+    from dashboard.model.search import fold_filters
+
+    assert fold_filters("timeout", "FAILURE", "billing", "q1", "celery@a") == \
+        'timeout state:FAILURE queue:"q1" worker:"celery@a" name:"*billing*"'
+    assert parse_query(fold_filters("", name="acme.billing"), NOW).matches(FAILED)
+    with pytest.raises(SearchError, match="double quote"):
+        fold_filters("x", queue='a"b')

@@ -22,10 +22,11 @@ class Selection:
     name: str | None = None
     queue: str | None = None
     worker: str | None = None
+    q: str | None = None  # a search (model.search), over history when it is kept
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, unset filters left out."""
-        return {key: value for key in ("state", "name", "queue", "worker") if (value := getattr(self, key))}
+        return {key: value for key in ("state", "name", "queue", "worker", "q") if (value := getattr(self, key))}
 
 
 def bulk_state(kind: BulkKind, selection: Selection) -> tuple[Selection, str | None]:
@@ -34,7 +35,7 @@ def bulk_state(kind: BulkKind, selection: Selection) -> tuple[Selection, str | N
     if kind == "redispatch":
         if selection.state not in (None, "FAILURE"):
             return selection, "dispatch again takes failures only: set the state filter to FAILURE (or leave it)"
-        return Selection("FAILURE", selection.name, selection.queue, selection.worker), None
+        return Selection("FAILURE", selection.name, selection.queue, selection.worker, selection.q), None
     if selection.state is not None and selection.state not in UNFINISHED:
         return selection, (f"a {selection.state} task has finished: revoke takes unfinished tasks "
                            f"({', '.join(sorted(UNFINISHED))})")

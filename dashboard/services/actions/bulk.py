@@ -29,9 +29,11 @@ from ...model.actions import (
     eligible,
     revoke_unheard,
 )
+from ...model.search import SearchError, fold_filters, parse_query
 from ...model.secrets import reason
 from ...model.state import State, TaskView
 from ..audit import AuditLog, Origin, action_entry
+from ..history import History, HistoryUnavailable
 from ..inspection import NoReply
 from .control import Control, answer_text
 from .tasks import TaskActions, queue_consumers
@@ -49,11 +51,27 @@ class TaskSelector(Protocol):
     def __call__(self, selection: Selection, limit: int, offset: int) -> tuple[list[TaskView], int]: ...
 
 
-def state_selector(state: State) -> TaskSelector:
-    """The selection over the in-memory state, with the tasks list's own filters (newest first)."""
+def state_selector(state: State, history: History | None = None,
+                   clock: Callable[[], float] = time.time) -> TaskSelector:
+    """The selection, newest first: the tasks list's own filters over the in-memory state; with a search (`q`),
+    the search with the filters folded in, over history when it is kept (every stored task), else over memory."""
 
     def select(selection: Selection, limit: int, offset: int) -> tuple[list[TaskView], int]:
-        return state.tasks(selection.state, selection.name, selection.queue, selection.worker, limit, offset)
+        if selection.q is None:
+            return state.tasks(selection.state, selection.name, selection.queue, selection.worker, limit, offset)
+        try:
+            query = parse_query(fold_filters(selection.q, selection.state, selection.name, selection.queue,
+                                             selection.worker), clock())
+        except SearchError as exc:
+            raise ActionError(f"search: {exc}") from None
+        if history is not None:
+            try:
+                found = history.search(query, limit=limit, offset=offset)
+            except HistoryUnavailable as exc:
+                raise ActionError(f"history cannot answer this search now: {exc}") from None
+            return found.tasks, found.total
+        return state.search(lambda task, seen: query.matches(task, seen), limit, offset,
+                            needs_time=query.needs_time)
 
     return select
 
