@@ -325,3 +325,61 @@ def test_a_worker_taking_messages_during_a_move_is_neither_lost_nor_duplicated(b
     assert moved == len(arrived) > 0 and taken_by_worker
     assert sorted([h["id"] for h in left] + [h["id"] for h in arrived] + taken_by_worker) == ids
     assert {h["task"] for h in arrived} == {TYPO} and TYPO not in {h["task"] for h in left}
+
+
+# -- who may act, and what a page shows of hostile messages ---------------------------------------------------
+
+
+@pytest.fixture
+def guarded(broker_url: str, tmp_path: Path) -> Iterator[Any]:
+    """An in-process app on the session's Redis with a viewer and an operator, auditing to tmp_path."""
+    from werkzeug.security import generate_password_hash
+
+    users = [{"name": name, "password_hash": generate_password_hash(f"{name}-pw", "pbkdf2:sha256:1000"),
+              "role": name} for name in ("viewer", "operator")]
+    app = create_app(config_from_mapping({"broker_url": broker_url, "secret_key": "s" * 32,
+                                          "audit": {"path": str(tmp_path / "audit.sqlite3")},
+                                          "auth": {"users": users}}), live=False)
+    try:
+        yield app
+    finally:
+        services(app).close()
+
+
+def as_user(name: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{name}-pw".encode()).decode()}
+
+
+def test_a_viewer_may_browse_but_not_move_purge_or_delete(guarded: Any, broker_url: str) -> None:
+    stranded = unique("guarded")
+    client = Celery("guarded-sender", broker=broker_url, set_as_current=False)
+    client.send_task(UNFURL, queue=stranded)
+    client.close()
+    http = guarded.test_client()
+    bodies = {"move": {"to": unique("elsewhere")}, "purge": {"confirm": stranded}, "delete": {"name": UNFURL}}
+
+    assert http.get(f"/api/queues/{stranded}/messages", headers=as_user("viewer")).get_json()["depth"] == 1
+    for action, body in bodies.items():
+        refused = http.post(f"/api/queues/{stranded}/{action}", json=body, headers=as_user("viewer"))
+        assert refused.status_code == 403 and "viewer" in refused.get_json()["error"], action
+    assert http.get(f"/api/queues/{stranded}/messages", headers=as_user("viewer")).get_json()["depth"] == 1
+    done = http.post(f"/api/queues/{stranded}/purge", json=bodies["purge"], headers=as_user("operator"))
+    assert done.status_code == 200 and done.get_json()["purged"] == 1
+    entry = http.get("/api/audit/actions?action=queue.*", headers=as_user("viewer")).get_json()["entries"][0]
+    assert (entry["who"], entry["action"], entry["target"], entry["outcome"]) == ("operator", "queue.purge",
+                                                                                  stranded, "done")
+
+
+def test_everything_from_a_message_is_escaped_on_the_page(broker_url: str) -> None:
+    stranded = unique("hostile")
+    hostile = "<img src=x onerror=alert(1)>"
+    client = Celery("hostile-sender", broker=broker_url, set_as_current=False)
+    client.send_task(hostile, args=[hostile], kwargs={"k": hostile}, queue=stranded)
+    client.close()
+    app = create_app(config_from_mapping({"broker_url": broker_url, "audit": {"path": ""}}), live=False)
+    try:
+        page = app.test_client().get(f"/queues/{stranded}").get_data(as_text=True)
+    finally:
+        services(app).close()
+    assert "<img" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page

@@ -496,6 +496,7 @@ class AmqpQueueBrowser(QueueBrowser):
         ones; the others stay unacknowledged, so RabbitMQ requeues them when the connection closes."""
         channel = connection.channel()
         depth = int(channel.queue_declare(queue=queue, passive=True).message_count)
+
         # Deliveries are queued here and handled outside the callback: waiting for a publisher confirm drains the
         # connection, which would otherwise hand over the next message before this one is counted.
         delivered: deque[Any] = deque()
