@@ -384,10 +384,38 @@ def redis_name_and_id(payload: Any) -> tuple[str | None, str | None]:
     return task_name_and_id(redis_envelope(payload)) if isinstance(payload, dict) else (None, None)
 
 
+_DELIVERY_INFO_KEY: Final = '"delivery_info": {'  # as kombu's json.dumps writes it (default separators)
+
+
+def _retarget_in_place(raw: str, exchange: str, routing_key: str) -> str | None:
+    """The fast path: rewrite only the `delivery_info` object in the JSON text (it holds scalars only), leaving the
+    rest byte for byte; None when the text is not as kombu writes it (the caller then decodes it all)."""
+    if raw.count(_DELIVERY_INFO_KEY) != 1:  # a key inside a string would be escaped (\"delivery_info\")
+        return None
+    start = raw.index(_DELIVERY_INFO_KEY) + len(_DELIVERY_INFO_KEY) - 1
+    end = raw.find("}", start) + 1
+    try:
+        info = json.loads(raw[start:end]) if end else None
+    except ValueError:  # a "}" inside one of its strings: not worth a parser of our own
+        return None
+    if not isinstance(info, dict):
+        return None
+    info.update(exchange=exchange, routing_key=routing_key)
+    return raw[:start] + json.dumps(info) + raw[end:]
+
+
 def retarget_redis_payload(raw: bytes | str | dict[str, Any], exchange: str, routing_key: str) -> str | None:
     """The same kombu Redis payload, delivered to `exchange`/`routing_key` (what republishing would write, so a
     worker that dies holding it restores it to the new queue, not the old one); None when it is not one.
     A decoded payload is changed in place."""
+    if isinstance(raw, (bytes, str)):
+        try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError:
+            return None
+        fast = _retarget_in_place(text, exchange, routing_key)
+        if fast is not None:
+            return fast
     payload = load_redis_payload(raw) if isinstance(raw, (bytes, str)) else raw
     if not isinstance(payload, dict):
         return None

@@ -405,8 +405,7 @@ class RedisQueueBrowser(QueueBrowser):
         targets = dict(zip(self.layout.queue_keys(queue), self.layout.queue_keys(to), strict=True))
 
         def moved(raw: bytes, payload: Any) -> bytes | str:
-            decoded = payload if payload is not None else load_redis_payload(raw)
-            return (retarget_redis_payload(decoded, exchange, routing_key) if decoded is not None else None) or raw
+            return retarget_redis_payload(raw, exchange, routing_key) or raw
 
         return self._each_selected(queue, selection, targets, moved)
 
