@@ -383,3 +383,32 @@ def test_everything_from_a_message_is_escaped_on_the_page(broker_url: str) -> No
         services(app).close()
     assert "<img" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_a_broker_that_cannot_peek_answers_409_with_the_depth_and_the_page_says_why(broker_url: str) -> None:
+    # RabbitMQ without management_url, played by the Redis browser refusing to peek (the real one is tested in
+    # test_queue_browser_rabbitmq.py): the API answers 409 with the depth, the page shows the reason, not a table.
+    from dashboard.exceptions import CannotPeek
+
+    class NoPeek(RedisQueueBrowser):
+        def peek(self, queue: str, limit: int, offset: int = 0) -> Any:
+            raise CannotPeek(f"queue {queue!r} cannot be shown without taking its messages")
+
+    stranded = unique("no-peek")
+    client = Celery("no-peek-sender", broker=broker_url, set_as_current=False)
+    client.send_task(UNFURL, queue=stranded)
+    client.close()
+    app = create_app(config_from_mapping({"broker_url": broker_url, "audit": {"path": ""}}), live=False)
+    queues = services(app).queues
+    original = queues.browser
+    queues.browser = NoPeek(RedisBrokerInspector(broker_url, {}, 2.0))
+    try:
+        http = app.test_client()
+        api = http.get(f"/api/queues/{stranded}/messages")
+        page = http.get(f"/queues/{stranded}").get_data(as_text=True)
+    finally:
+        queues.browser.close()
+        queues.browser = original
+        services(app).close()
+    assert api.status_code == 409 and api.get_json()["depth"] == 1 and "without taking" in api.get_json()["error"]
+    assert 'class="failure cannot-peek"' in page and 'data-depth="1"' in page and "tr class=\"message" not in page
