@@ -39,7 +39,8 @@ from celery import Celery  # noqa: E402
 
 from dashboard.model.kombu import KombuRedisLayout  # noqa: E402
 from dashboard.model.messages import Selection  # noqa: E402
-from dashboard.services.broker.redis import RedisBrokerInspector, RedisQueueBrowser  # noqa: E402
+from dashboard.services.broker.redis import RedisBrokerInspector  # noqa: E402
+from dashboard.services.broker.redis_queues import RedisQueueBrowser  # noqa: E402
 from dashboard.services.processes import RedisServer  # noqa: E402
 
 NAME = "worker.tasks.link.unfurl"

@@ -30,7 +30,8 @@ from dashboard.config import config_from_mapping
 from dashboard.exceptions import ActionInterrupted
 from dashboard.model.kombu import KombuRedisLayout
 from dashboard.model.messages import Selection
-from dashboard.services.broker.redis import RedisBrokerInspector, RedisQueueBrowser
+from dashboard.services.broker.redis import RedisBrokerInspector
+from dashboard.services.broker.redis_queues import RedisQueueBrowser
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer
 from dashboard.web.context import services
 from tests.conftest import REPO_ROOT

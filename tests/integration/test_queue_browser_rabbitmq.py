@@ -24,7 +24,8 @@ from celery import Celery
 
 from dashboard.exceptions import ActionInterrupted, BrokerUnavailable, CannotPeek, QueueNotFound
 from dashboard.model.messages import Selection
-from dashboard.services.broker.amqp import AmqpBrokerInspector, AmqpQueueBrowser
+from dashboard.services.broker.amqp import AmqpBrokerInspector
+from dashboard.services.broker.amqp_queues import AmqpQueueBrowser
 from dashboard.services.processes import CeleryWorker, ProcessError
 from tests.integration.test_rabbitmq import rabbit  # noqa: F401 - the module-scoped node fixture
 from tests.support.http import call, get
