@@ -184,6 +184,8 @@ def test_move_bodies(body: dict[str, Any], expected: MoveRequest) -> None:
     ({"to": "orphan"}, "already in that queue"),
     ({"to": "x" * 256}, "at most 255"),
     ({"to": "a\nb"}, "control characters"),
+    ({"to": "celery@host.celery.pidbox"}, "Celery's own queues"),
+    ({"to": "celeryev.1234"}, "Celery's own queues"),
     ({"to": "good", "limit": 0}, "limit:"),
     ({"to": "good", "limit": True}, "limit:"),
     ({"to": "good", "limit": 1.5}, "limit:"),

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..kombu import EVENT_QUEUE_PREFIX, PIDBOX_SUFFIX
 from .decode import MAX_FIELD_CHARS
 
 MAX_PAGE: Final = 500  # messages per page
@@ -113,6 +114,8 @@ def parse_move(source: str, body: Any) -> MoveRequest:
     assert isinstance(to, str)
     if to == source:
         raise RequestInvalid("to: the messages are already in that queue; choose another one")
+    if to.startswith(EVENT_QUEUE_PREFIX) or to.endswith(PIDBOX_SUFFIX):
+        raise RequestInvalid(f"to: {to!r} is one of Celery's own queues (events or remote control), not for tasks")
     return MoveRequest(to, Selection(_optional_name(body), _optional_ids(body), _optional_limit(body)))
 
 
