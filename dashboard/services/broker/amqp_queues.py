@@ -22,6 +22,7 @@ _kombu: Any = kombu  # Queue, Exchange, Producer and Consumer: untyped
 
 MAX_PEEK_WINDOW: Final = 2_000  # offset + limit: the management API takes (and requeues) that many to show a page
 PEEK_TRUNCATE: Final = 256 * 1024  # bytes of each payload the management API returns
+PREFETCH: Final = 1_000  # deliveries in flight when every message is taken
 IDLE_WAIT: Final = 1.0  # a move stops when no message came for this long (the rest were taken by others)
 
 
@@ -107,7 +108,9 @@ class AmqpQueueBrowser(QueueBrowser):
                                             "stay where they were", count) from None
                 raise
         finally:
-            with suppress(*self.inspector.errors):
+            try:  # a polite close: RabbitMQ requeues what was not acknowledged at once
+                connection.release()
+            except self.inspector.errors:
                 connection.collect()
 
     def _exists(self, connection: Any, queue: str) -> bool:
@@ -186,6 +189,9 @@ class AmqpQueueBrowser(QueueBrowser):
         # connection, which would otherwise hand over the next message before this one is counted.
         delivered: deque[Any] = deque()
         seen = 0
+        # Moving everything acks as it goes, so a window bounds what is held here; a filtered move keeps the
+        # unselected messages unacknowledged to the end, and a window would fill up with them.
+        channel.basic_qos(0, PREFETCH if selection.everything else 0, False)
         consumer = _kombu.Consumer(channel, queues=[_kombu.Queue(queue, no_declare=True)],
                                    on_message=delivered.append, accept=[], no_ack=False, auto_declare=False)
         with consumer:
