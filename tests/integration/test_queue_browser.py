@@ -413,3 +413,26 @@ def test_a_broker_that_cannot_peek_answers_409_with_the_depth_and_the_page_says_
         services(app).close()
     assert api.status_code == 409 and api.get_json()["depth"] == 1 and "without taking" in api.get_json()["error"]
     assert 'class="failure cannot-peek"' in page and 'data-depth="1"' in page and "tr class=\"message" not in page
+
+
+def test_a_global_keyprefix_is_honoured(broker_url: str) -> None:
+    options = {"global_keyprefix": "tenant-a:"}
+    stranded, parking = unique("prefixed"), unique("prefixed-parking")
+    client = Celery("prefixed-sender", broker=broker_url, set_as_current=False)
+    client.conf.broker_transport_options = options
+    sent = [client.send_task(UNFURL, queue=stranded, priority=priority).id for priority in (0, 9)]
+    client.close()
+    app = create_app(config_from_mapping({"broker_url": broker_url, "audit": {"path": ""},
+                                          "broker_transport_options": options}), live=False)
+    connection = redis.Redis.from_url(broker_url)
+    try:
+        http = app.test_client()
+        peeked = http.get(f"/api/queues/{stranded}/messages").get_json()
+        moved = http.post(f"/api/queues/{stranded}/move", json={"to": parking}).get_json()
+        keys = {key.decode() if isinstance(key, bytes) else key for key in connection.keys(f"*{parking}*")}
+    finally:
+        services(app).close()
+        connection.close()
+    assert [m["id"] for m in peeked["messages"]] == sent and peeked["depth"] == 2
+    assert moved["moved"] == 2
+    assert keys == {f"tenant-a:{parking}", f"tenant-a:{parking}\x06\x169"}
