@@ -95,6 +95,8 @@ def main() -> None:
                 {"name": "worker.tasks.demo.fail", "kwargs": {"message": "boom"}},
                 {"name": "worker.tasks.demo.slow", "kwargs": {"seconds": 8, "steps": 8}},
                 {"name": "worker.tasks.llm.translate", "kwargs": {"note_id": "n-42"}, "force": True},
+                {"name": "worker.tasks.llm.sumarize_note", "kwargs": {"note_id": "n-43"},  # a typo, stranded
+                 "options": {"queue": "llm-gpu"}, "force": True},
             ):
                 _post(f"{base}/api/dispatch", body)
             _wait(f"{base}/api/alerts", lambda alerts: any(a["kind"] == "orphaned_queue" for a in alerts))
@@ -118,6 +120,9 @@ def main() -> None:
                 page.wait_for_timeout(500)
                 page.screenshot(path=str(OUT / "routing-mismatch.png"), full_page=True)
                 page.locator("#alerts-panel").screenshot(path=str(OUT / "alert.png"))
+                page.goto(f"{base}/queues/llm-gpu")
+                page.locator("#queue-messages tr.message.unregistered").nth(1).wait_for(timeout=15_000)
+                page.screenshot(path=str(OUT / "queue-browser.png"), full_page=True)
                 page.goto(f"{base}/tasks/{workflow_id}")
                 page.locator("#task-family .node").nth(2).wait_for(timeout=20_000)
                 page.wait_for_timeout(500)

@@ -6,7 +6,7 @@ shown from a message came from whoever published it: the templates autoescape it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,29 +54,27 @@ def _checked_queue(queue: str) -> None:
 
 
 def queue_action(svc: Services, action: str, queue: str, body: Any) -> ActionOutcome:
-    """Run one of move / purge / delete on `queue` with a JSON or form body, and audit it exactly once."""
+    """Run one of move / purge / delete on `queue` with a JSON or form body, and audit it exactly once (with the
+    filter, the count and the outcome)."""
     key = {"move": "moved", "purge": "purged", "delete": "deleted"}[action]
     detail: dict[str, Any] = {}
-    work: Callable[[], int]
-    describe: Callable[[int], str]
     try:
         _checked_queue(queue)
         if action == "move":
             move = parse_move(queue, body)
             detail = {"to": move.to, **move.selection.describe()}
-            work = lambda: svc.queues.move(queue, move)  # noqa: E731
-            what = f" of {move.selection.name}" if move.selection.name else ""
-            describe = lambda n: f"moved {n} message(s){what} from {queue} to {move.to}"  # noqa: E731
+            count = svc.queues.move(queue, move)
+            of = f" of {move.selection.name}" if move.selection.name else ""
+            said = f"moved {count} message(s){of} from {queue} to {move.to}"
         elif action == "delete":
             selection = parse_delete(body)
             detail = selection.describe()
-            work = lambda: svc.queues.delete(queue, selection)  # noqa: E731
-            describe = lambda n: f"deleted {n} message(s) of {selection.name} from {queue}"  # noqa: E731
+            count = svc.queues.delete(queue, selection)
+            said = f"deleted {count} message(s) of {selection.name} from {queue}"
         else:
             parse_purge(queue, body)
-            work = lambda: svc.queues.purge(queue)  # noqa: E731
-            describe = lambda n: f"purged {n} message(s) from {queue}"  # noqa: E731
-        count = work()
+            count = svc.queues.purge(queue)
+            said = f"purged {count} message(s) from {queue}"
     except RequestInvalid as exc:
         outcome = ActionOutcome(False, 400, str(exc), key)
     except QueueNotFound as exc:
@@ -90,7 +88,7 @@ def queue_action(svc: Services, action: str, queue: str, body: Any) -> ActionOut
     else:
         svc.monitor.kick()  # depths and alerts follow at once
         note = "" if count else " (nothing matched: the queue is empty, or holds none of those)"
-        outcome = ActionOutcome(True, 200, describe(count) + note, key, count)
+        outcome = ActionOutcome(True, 200, said + note, key, count)
     record_action(f"queue.{action}", queue[:255], {**detail, key: outcome.count},
                   "done" if outcome.ok else "refused" if outcome.status in (400, 404, 409) else "failed",
                   None if outcome.ok else outcome.message)

@@ -30,7 +30,8 @@ from dashboard.config import config_from_mapping
 from dashboard.exceptions import ActionInterrupted
 from dashboard.model.kombu import KombuRedisLayout
 from dashboard.model.messages import Selection
-from dashboard.services.broker.redis import RedisBrokerInspector, RedisQueueBrowser
+from dashboard.services.broker.redis import RedisBrokerInspector
+from dashboard.services.broker.redis_queues import RedisQueueBrowser
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer
 from dashboard.web.context import services
 from tests.conftest import REPO_ROOT
@@ -325,3 +326,113 @@ def test_a_worker_taking_messages_during_a_move_is_neither_lost_nor_duplicated(b
     assert moved == len(arrived) > 0 and taken_by_worker
     assert sorted([h["id"] for h in left] + [h["id"] for h in arrived] + taken_by_worker) == ids
     assert {h["task"] for h in arrived} == {TYPO} and TYPO not in {h["task"] for h in left}
+
+
+# -- who may act, and what a page shows of hostile messages ---------------------------------------------------
+
+
+@pytest.fixture
+def guarded(broker_url: str, tmp_path: Path) -> Iterator[Any]:
+    """An in-process app on the session's Redis with a viewer and an operator, auditing to tmp_path."""
+    from werkzeug.security import generate_password_hash
+
+    users = [{"name": name, "password_hash": generate_password_hash(f"{name}-pw", "pbkdf2:sha256:1000"),
+              "role": name} for name in ("viewer", "operator")]
+    app = create_app(config_from_mapping({"broker_url": broker_url, "secret_key": "s" * 32,
+                                          "audit": {"path": str(tmp_path / "audit.sqlite3")},
+                                          "auth": {"users": users}}), live=False)
+    try:
+        yield app
+    finally:
+        services(app).close()
+
+
+def as_user(name: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{name}-pw".encode()).decode()}
+
+
+def test_a_viewer_may_browse_but_not_move_purge_or_delete(guarded: Any, broker_url: str) -> None:
+    stranded = unique("guarded")
+    client = Celery("guarded-sender", broker=broker_url, set_as_current=False)
+    client.send_task(UNFURL, queue=stranded)
+    client.close()
+    http = guarded.test_client()
+    bodies = {"move": {"to": unique("elsewhere")}, "purge": {"confirm": stranded}, "delete": {"name": UNFURL}}
+
+    assert http.get(f"/api/queues/{stranded}/messages", headers=as_user("viewer")).get_json()["depth"] == 1
+    for action, body in bodies.items():
+        refused = http.post(f"/api/queues/{stranded}/{action}", json=body, headers=as_user("viewer"))
+        assert refused.status_code == 403 and "viewer" in refused.get_json()["error"], action
+    assert http.get(f"/api/queues/{stranded}/messages", headers=as_user("viewer")).get_json()["depth"] == 1
+    done = http.post(f"/api/queues/{stranded}/purge", json=bodies["purge"], headers=as_user("operator"))
+    assert done.status_code == 200 and done.get_json()["purged"] == 1
+    entry = http.get("/api/audit/actions?action=queue.*", headers=as_user("viewer")).get_json()["entries"][0]
+    assert (entry["who"], entry["action"], entry["target"], entry["outcome"]) == ("operator", "queue.purge",
+                                                                                  stranded, "done")
+
+
+def test_everything_from_a_message_is_escaped_on_the_page(broker_url: str) -> None:
+    stranded = unique("hostile")
+    hostile = "<img src=x onerror=alert(1)>"
+    client = Celery("hostile-sender", broker=broker_url, set_as_current=False)
+    client.send_task(hostile, args=[hostile], kwargs={"k": hostile}, queue=stranded)
+    client.close()
+    app = create_app(config_from_mapping({"broker_url": broker_url, "audit": {"path": ""}}), live=False)
+    try:
+        page = app.test_client().get(f"/queues/{stranded}").get_data(as_text=True)
+    finally:
+        services(app).close()
+    assert "<img" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_a_broker_that_cannot_peek_answers_409_with_the_depth_and_the_page_says_why(broker_url: str) -> None:
+    # RabbitMQ without management_url, played by the Redis browser refusing to peek (the real one is tested in
+    # test_queue_browser_rabbitmq.py): the API answers 409 with the depth, the page shows the reason, not a table.
+    from dashboard.exceptions import CannotPeek
+
+    class NoPeek(RedisQueueBrowser):
+        def peek(self, queue: str, limit: int, offset: int = 0) -> Any:
+            raise CannotPeek(f"queue {queue!r} cannot be shown without taking its messages")
+
+    stranded = unique("no-peek")
+    client = Celery("no-peek-sender", broker=broker_url, set_as_current=False)
+    client.send_task(UNFURL, queue=stranded)
+    client.close()
+    app = create_app(config_from_mapping({"broker_url": broker_url, "audit": {"path": ""}}), live=False)
+    queues = services(app).queues
+    original = queues.browser
+    queues.browser = NoPeek(RedisBrokerInspector(broker_url, {}, 2.0))
+    try:
+        http = app.test_client()
+        api = http.get(f"/api/queues/{stranded}/messages")
+        page = http.get(f"/queues/{stranded}").get_data(as_text=True)
+    finally:
+        queues.browser.close()
+        queues.browser = original
+        services(app).close()
+    assert api.status_code == 409 and api.get_json()["depth"] == 1 and "without taking" in api.get_json()["error"]
+    assert 'class="failure cannot-peek"' in page and 'data-depth="1"' in page and "tr class=\"message" not in page
+
+
+def test_a_global_keyprefix_is_honoured(broker_url: str) -> None:
+    options = {"global_keyprefix": "tenant-a:"}
+    stranded, parking = unique("prefixed"), unique("prefixed-parking")
+    client = Celery("prefixed-sender", broker=broker_url, set_as_current=False)
+    client.conf.broker_transport_options = options
+    sent = [client.send_task(UNFURL, queue=stranded, priority=priority).id for priority in (0, 9)]
+    client.close()
+    app = create_app(config_from_mapping({"broker_url": broker_url, "audit": {"path": ""},
+                                          "broker_transport_options": options}), live=False)
+    connection = redis.Redis.from_url(broker_url)
+    try:
+        http = app.test_client()
+        peeked = http.get(f"/api/queues/{stranded}/messages").get_json()
+        moved = http.post(f"/api/queues/{stranded}/move", json={"to": parking}).get_json()
+        keys = {key.decode() if isinstance(key, bytes) else key for key in connection.keys(f"*{parking}*")}
+    finally:
+        services(app).close()
+        connection.close()
+    assert [m["id"] for m in peeked["messages"]] == sent and peeked["depth"] == 2
+    assert moved["moved"] == 2
+    assert keys == {f"tenant-a:{parking}", f"tenant-a:{parking}\x06\x169"}

@@ -9,7 +9,10 @@ cannot be installed). Queue names are unique to each test.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,9 +22,10 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from dashboard.exceptions import CannotPeek, QueueNotFound
+from dashboard.exceptions import ActionInterrupted, BrokerUnavailable, CannotPeek, QueueNotFound
 from dashboard.model.messages import Selection
-from dashboard.services.broker.amqp import AmqpBrokerInspector, AmqpQueueBrowser
+from dashboard.services.broker.amqp import AmqpBrokerInspector
+from dashboard.services.broker.amqp_queues import AmqpQueueBrowser
 from dashboard.services.processes import CeleryWorker, ProcessError
 from tests.integration.test_rabbitmq import rabbit  # noqa: F401 - the module-scoped node fixture
 from tests.support.http import call, get
@@ -171,3 +175,137 @@ def test_delete_by_name_and_purge_take_exactly_theirs(amqp_cluster: AmqpCluster)
     assert [m["id"] for m in messages(amqp_cluster, neighbour)["messages"]] == others
     missing = call(amqp_cluster.server, "POST", f"/api/queues/{unique('absent')}/move", {"to": neighbour})
     assert missing.status == 404 and "does not exist" in missing.data["error"]
+
+
+def drain_ids(url: str, queue: str) -> list[str]:
+    """Take every message of `queue` (after the test, nothing else needs them) and return their task ids."""
+    import kombu.connection
+    import kombu.simple
+
+    found: list[str] = []
+    with kombu.connection.Connection(url, connect_timeout=5) as connection:
+        simple = kombu.simple.SimpleQueue(connection, queue, no_ack=True)
+        try:
+            while True:
+                message = simple.get(timeout=1.0)
+                found.append(str(message.headers["id"]))
+        except simple.Empty:
+            pass
+        finally:
+            simple.close()
+    return found
+
+
+class CuttableLink:
+    """A TCP forwarder to the node that can be cut, like a network failure: every socket closed at once."""
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.target)
+                self.sockets += [client, upstream]
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    def cut(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_a_move_cut_off_from_the_broker_loses_nothing_and_repeats_at_most_the_last(
+        amqp_cluster: AmqpCluster) -> None:
+    # The connection fails (the node stays up): RabbitMQ requeues every delivery not acknowledged, in place; the
+    # acks it received stand. Only a message whose ack was still on its way can be in both queues.
+    stranded, parking = unique("stranded"), unique("parking")
+    ids = amqp_cluster.publish(stranded, UNFURL, 2_000)
+    link = CuttableLink(amqp_cluster.rabbit.port)
+    cut_off = AmqpQueueBrowser(AmqpBrokerInspector(f"amqp://guest:guest@127.0.0.1:{link.port}//", {}, 2.0))
+    watcher = amqp_cluster.browser(management=False)
+    outcome: dict[str, Any] = {}
+
+    def move() -> None:
+        try:
+            outcome["moved"] = cut_off.move(stranded, parking, Selection())
+        except BrokerUnavailable as exc:
+            outcome["interrupted"] = exc
+
+    mover = threading.Thread(target=move)
+    try:
+        mover.start()
+        wait_until(lambda: watcher.depth(parking) >= 200, 30.0, "the move halfway")
+        link.cut()
+        mover.join(timeout=30)
+        assert not mover.is_alive()
+        wait_until(lambda: watcher.depth(stranded) + watcher.depth(parking) >= len(ids), 10.0, "the requeue")
+    finally:
+        watcher.close()
+        cut_off.close()
+    left, moved = drain_ids(amqp_cluster.rabbit.url(), stranded), drain_ids(amqp_cluster.rabbit.url(), parking)
+
+    interrupted = outcome.get("interrupted")
+    assert isinstance(interrupted, ActionInterrupted), outcome
+    in_both = len(left) + len(moved) - len(ids)
+    print(f"\n[rabbitmq] cut off after {interrupted.done} reported moved: {len(moved)} in the target, {len(left)} in "
+          f"the source, {in_both} in both")
+    assert set(left) | set(moved) == set(ids) and 0 < len(moved) < len(ids)
+    assert len(set(moved)) == len(moved) and len(set(left)) == len(left) and in_both <= 1
+    assert moved == ids[:len(moved)]  # oldest first, in order
+
+
+def test_a_move_interrupted_by_killing_rabbitmq_loses_nothing(amqp_cluster: AmqpCluster) -> None:
+    # Last in the module: the node is SIGKILLed and restarted. Celery's queues are durable and its messages
+    # persistent, so the restarted node holds what it had confirmed: every message is in the source or in the
+    # target (republished, confirmed). Some are in both: RabbitMQ had acknowledged their acks but not yet
+    # written them (measured: 81 of 316 moved, and 101 of 301 with the acks in transactions committed every 100
+    # — tx.commit did not make them durable either), so a crash duplicates, it never loses.
+    node = amqp_cluster.rabbit
+    stranded, parking = unique("stranded"), unique("parking")
+    ids = amqp_cluster.publish(stranded, UNFURL, 3_000)
+    browser = amqp_cluster.browser()
+    outcome: dict[str, Any] = {}
+
+    def move() -> None:
+        try:
+            outcome["moved"] = browser.move(stranded, parking, Selection())
+        except BrokerUnavailable as exc:
+            outcome["interrupted"] = exc
+
+    mover = threading.Thread(target=move)
+    watcher = amqp_cluster.browser(management=False)
+    try:
+        mover.start()
+        wait_until(lambda: watcher.depth(parking) >= 300, 30.0, "the move halfway")
+        node.kill()
+        mover.join(timeout=30)
+        assert not mover.is_alive()
+    finally:
+        watcher.close()
+        browser.close()
+    node.restart()
+    left, moved = drain_ids(node.url(), stranded), drain_ids(node.url(), parking)
+
+    interrupted = outcome.get("interrupted")
+    assert isinstance(interrupted, BrokerUnavailable), outcome
+    done = interrupted.done if isinstance(interrupted, ActionInterrupted) else 0
+    print(f"\n[rabbitmq] killed after {done} reported moved; on restart {len(moved)} in the target, {len(left)} in "
+          f"the source, {len(left) + len(moved) - len(ids)} in both")
+    assert set(left) | set(moved) == set(ids)  # nothing lost
+    assert len(set(moved)) == len(moved) and len(set(left)) == len(left)  # never twice in one queue
+    assert 0 < len(moved) < len(ids)

@@ -184,6 +184,8 @@ def test_move_bodies(body: dict[str, Any], expected: MoveRequest) -> None:
     ({"to": "orphan"}, "already in that queue"),
     ({"to": "x" * 256}, "at most 255"),
     ({"to": "a\nb"}, "control characters"),
+    ({"to": "celery@host.celery.pidbox"}, "Celery's own queues"),
+    ({"to": "celeryev.1234"}, "Celery's own queues"),
     ({"to": "good", "limit": 0}, "limit:"),
     ({"to": "good", "limit": True}, "limit:"),
     ({"to": "good", "limit": 1.5}, "limit:"),
@@ -245,3 +247,25 @@ def test_describe_for_the_audit_log_spells_out_at_most_100_ids() -> None:
 def test_a_page_spans_the_priority_lists_in_serving_order(lengths: list[int], offset: int, limit: int,
                                                           expected: list[tuple[int, int, int]]) -> None:
     assert page_slices(lengths, offset, limit) == expected
+
+
+@pytest.mark.parametrize("info", [
+    {"exchange": "billing", "routing_key": "billing"},
+    {"exchange": "", "routing_key": "a}b"},  # a "}" in a string: the full decode takes over
+    {"exchange": "x", "routing_key": "y", "redelivered": True},  # kombu's restore adds this
+])
+def test_retargeting_in_place_rewrites_only_the_delivery_info(info: dict[str, Any]) -> None:
+    tricky = protocol2_headers(argsrepr='("\\"delivery_info\\": {",)')  # the key's text inside a string
+    payload = json.loads(redis_payload([["x"], {}, {}], tricky))
+    payload["properties"]["delivery_info"] = info
+    raw = json.dumps(payload)
+
+    moved = retarget_redis_payload(raw, "good", "good-key")
+    from_bytes = retarget_redis_payload(raw.encode(), "good", "good-key")
+
+    assert moved is not None and moved == from_bytes
+    after = json.loads(moved)
+    assert after["properties"]["delivery_info"] == {**info, "exchange": "good", "routing_key": "good-key"}
+    after["properties"]["delivery_info"] = info
+    assert after == payload
+    assert retarget_redis_payload(b"\xff\xfe", "a", "b") is None

@@ -48,11 +48,13 @@ def queue_browser(broker_url: str, transport_options: Mapping[str, Any], timeout
     """The queue browser (peek, move, purge, delete) for the broker URL's transport, on connections of its own."""
     inspector = broker_inspector(broker_url, transport_options, timeout)
     if broker_scheme(broker_url) in REDIS_SCHEMES:
-        from .redis import RedisBrokerInspector, RedisQueueBrowser
+        from .redis import RedisBrokerInspector
+        from .redis_queues import RedisQueueBrowser
 
         assert isinstance(inspector, RedisBrokerInspector)
         return RedisQueueBrowser(inspector)
-    from .amqp import AmqpBrokerInspector, AmqpQueueBrowser
+    from .amqp import AmqpBrokerInspector
+    from .amqp_queues import AmqpQueueBrowser
 
     assert isinstance(inspector, AmqpBrokerInspector)
     return AmqpQueueBrowser(inspector)
