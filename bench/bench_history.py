@@ -56,7 +56,7 @@ SEARCHES: dict[str, str] = {
     "state": "state:FAILURE",
     "queue": "queue:media",
     "worker": "worker:celery@worker-07",
-    "id prefix": "id:0001",
+    "id prefix": "id:00ab",
     "free text (common word)": "invoice",
     "free text (rare word)": "quux",
     "field term": "exception:timeout",
@@ -66,8 +66,9 @@ SEARCHES: dict[str, str] = {
 
 def synthetic(index: int, rng: random.Random) -> TaskView:
     """One task's snapshot, as the state would hold it after its four events."""
-    task_id = f"{index:08x}-{rng.getrandbits(16):04x}-4{rng.getrandbits(12):03x}-8{rng.getrandbits(12):03x}-" \
-              f"{rng.getrandbits(48):012x}"
+    # Random like Celery's uuid4 ids: a prefix matches tasks of every age.
+    task_id = f"{rng.getrandbits(32):08x}-{rng.getrandbits(16):04x}-4{rng.getrandbits(12):03x}-" \
+              f"8{rng.getrandbits(12):03x}-{rng.getrandbits(48):012x}"
     name = NAMES[index % len(NAMES)]
     queue = QUEUES[index % len(QUEUES)]
     worker = WORKERS[rng.randrange(len(WORKERS))]

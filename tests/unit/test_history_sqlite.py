@@ -70,11 +70,13 @@ SEARCHES = [
 ]
 
 
-@pytest.mark.parametrize("dense", [2_000, 0], ids=["through-indexes", "walking-the-table"])
+@pytest.mark.parametrize(("dense", "budget"), [(2_000, 50_000), (0, 50_000), (0, 7)],
+                         ids=["through-indexes", "walking-the-table", "walk-over-budget"])
 def test_every_search_form_finds_what_the_memory_matcher_finds(
-    store: SqliteHistory, dense: int, monkeypatch: pytest.MonkeyPatch
+    store: SqliteHistory, dense: int, budget: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("dashboard.services.history.sqlite.DENSE", dense)
+    monkeypatch.setattr("dashboard.services.history.sqlite.WALK_BUDGET", budget)
     state = State(clock=lambda: NOW)
     for i in range(60):
         if i % 5 == 0:

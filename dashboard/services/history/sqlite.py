@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT: Final = 5.0
 #: Past this many matches a filtered page walks the table newest first instead of sorting the matches.
 DENSE: Final = 2_000
+#: The most rows such a walk reads before it gives up and reads the matches through their index instead.
+WALK_BUDGET: Final = 50_000
 _TEXT: Final = TEXT_COLUMNS
 _FTS_VALUES: Final = ", ".join(f"new.{column}" for column in _TEXT)
 _FTS_OLD: Final = ", ".join(f"old.{column}" for column in _TEXT)
@@ -295,10 +297,22 @@ class SqliteHistory(HistoryStore):
                 count_source = "tasks_fts" if match is not None and not clauses else source
                 counted = int(conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM {count_source} WHERE {where} "
                                            "LIMIT ?)", [*where_params, COUNT_CAP + 1]).fetchone()[0])
+                rows = None
                 if match is None and column == "seen" and clauses and counted > DENSE:
-                    source = "tasks NOT INDEXED"  # many matches: newest first straight from the table
-                rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM {source} WHERE {where} ORDER BY {order} "
-                                    "LIMIT ? OFFSET ?", [*where_params, limit, offset]).fetchall()
+                    # Many matches: newest first straight from the table, within a budget of rows (matches that
+                    # are many but all old, an id prefix say, would make the walk a scan of everything).
+                    end = conn.execute(f"SELECT {'max' if descending else 'min'}(seq) FROM tasks").fetchone()[0]
+                    bound = f"tasks.seq {'>' if descending else '<'} ?"
+                    walked = conn.execute(
+                        f"SELECT {SELECT_COLUMNS} FROM tasks NOT INDEXED WHERE {bound} AND {where} ORDER BY {order} "
+                        "LIMIT ? OFFSET ?",
+                        [(end or 0) - WALK_BUDGET if descending else (end or 0) + WALK_BUDGET, *where_params, limit,
+                         offset]).fetchall()
+                    if len(walked) == limit:
+                        rows = walked
+                if rows is None:
+                    rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM {source} WHERE {where} ORDER BY {order} "
+                                        "LIMIT ? OFFSET ?", [*where_params, limit, offset]).fetchall()
             finally:
                 conn.execute("COMMIT")
         tasks = [row_view(row) for row in rows]
