@@ -1,0 +1,588 @@
+"""History in PostgreSQL, shared by several dashboard replicas (psycopg 3, imported here only: the dashboard runs
+without it when no PostgreSQL is configured).
+
+- Ordering: `seq`, an identity column, grows as the store learns of tasks (an upsert keeps a task's first one), so
+  "newest first" walks the primary key backwards and each (column, seq) index gives a filtered page in order.
+  Text columns searched by value or range (id, name, state, queue, worker) use the "C" collation: id prefixes and
+  name globs seek by code point, whatever the database's default collation.
+- Free text: `words`, a tsvector the store writes from model.search.words() (never PostgreSQL's parser), so the
+  words are exactly the ones the in-memory matcher sees; a GIN index; a word is matched as a prefix (`w:*`).
+  Fields: args, kwargs, result and traceback by weight (A, B, C, D); exception's words are stored tagged
+  (`!word`), since there are only four weights. Free text for a word asks `w:* | !w:*`.
+- Who writes: `pg_try_advisory_lock` on a connection of its own, held open; the writer's writes go through that
+  same connection, so a replica whose session died cannot write any more, and the lock is freed by PostgreSQL
+  the moment the session ends (another replica takes over within the writer's ELECT_EVERY).
+- Bounded: every connection has a connect timeout, TCP keepalives and a statement timeout; every failure is a
+  HistoryUnavailable naming the database (credentials masked).
+- Connections: a small pool of its own (readers from any thread); a broken one is closed, never reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+from ...model.search import TEXT_FIELDS, TaskQuery, glob_to_like, words
+from ...model.secrets import mask_text
+from ...model.series import MinuteRow, QueueSample
+from ...model.state import TaskView
+from ..broker.urls import shown_url
+from .rows import COLUMNS, row_of, view_of
+from .sqlite import _minute, _minute_row  # one encoding of a minute's histogram for both stores
+from .store import (
+    COUNT_CAP,
+    PRUNE_BATCH,
+    SELECT_COLUMNS,
+    Dialect,
+    HistoryStore,
+    HistoryUnavailable,
+    SearchPage,
+    StoreInfo,
+    WriteBatch,
+    WriterLock,
+    order_of,
+    where_of,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT: Final = 5  # seconds (libpq takes whole seconds)
+STATEMENT_TIMEOUT_MS: Final = 5_000
+MIGRATION_TIMEOUT_MS: Final = 600_000  # building an index on a large table may take minutes
+LOCK_CHECK_EVERY: Final = 1.0  # seconds between the writer's checks that its session is alive
+POOL_SIZE: Final = 8  # connections a process opens at most for reads (a request waits for one)
+POOL_WAIT: Final = 5.0
+#: pg_try_advisory_lock keys: one for the writer, one around migrations ("dd-hist" / "dd-migr" as numbers).
+WRITER_KEY: Final = 0x64642D68697374
+MIGRATE_KEY: Final = 0x64642D6D696772
+#: A tsvector lexeme is at most 2047 bytes; longer words are cut (a search for such a word still finds it).
+MAX_LEXEME_BYTES: Final = 2000
+_WEIGHTS: Final = {"args": (1, "A"), "kwargs": (2, "B"), "result": (3, "C"), "traceback": (5, "D")}
+_TAGGED: Final = {"exception": "!"}
+_EXCEPTION_POSITION: Final = 4
+
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE tasks (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id text COLLATE "C" NOT NULL UNIQUE,
+            name text COLLATE "C", state text COLLATE "C" NOT NULL, queue text COLLATE "C",
+            worker text COLLATE "C",
+            seen double precision NOT NULL, updated double precision NOT NULL, runtime double precision,
+            retries integer NOT NULL DEFAULT 0,
+            root_id text, parent_id text,
+            args text, kwargs text, result text, exception text, traceback text,
+            extra text NOT NULL,
+            words tsvector NOT NULL DEFAULT ''::tsvector
+        )""",
+        "CREATE INDEX tasks_name ON tasks (name, seq)",
+        "CREATE INDEX tasks_state ON tasks (state, seq)",
+        "CREATE INDEX tasks_queue ON tasks (queue, seq)",
+        "CREATE INDEX tasks_worker ON tasks (worker, seq)",
+        "CREATE INDEX tasks_seen ON tasks (seen)",
+        "CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL",
+        "CREATE INDEX tasks_words ON tasks USING gin (words)",
+        """CREATE TABLE task_minutes (
+            name text COLLATE "C" NOT NULL, queue text COLLATE "C" NOT NULL, minute integer NOT NULL,
+            succeeded integer NOT NULL, failed integer NOT NULL, runtime_sum double precision NOT NULL,
+            histogram text NOT NULL,
+            PRIMARY KEY (name, queue, minute)
+        )""",
+        "CREATE INDEX task_minutes_minute ON task_minutes (minute)",
+        """CREATE TABLE queue_samples (
+            queue text COLLATE "C" NOT NULL, at double precision NOT NULL, depth integer, consumers integer NOT NULL,
+            PRIMARY KEY (queue, at)
+        )""",
+        "CREATE INDEX queue_samples_at ON queue_samples (at)",
+    ),
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+VERSION_TABLE: Final = "history_schema"
+
+_WRITTEN: Final = (*COLUMNS, "words")
+_UPSERT: Final = (
+    f"INSERT INTO tasks ({', '.join(_WRITTEN)}) VALUES ({', '.join(['%s'] * (len(_WRITTEN) - 1))}, %s::tsvector) "
+    f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _WRITTEN[1:])}"
+)
+_UPSERT_MINUTE: Final = (
+    "INSERT INTO task_minutes (name, queue, minute, succeeded, failed, runtime_sum, histogram) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name, queue, minute) DO UPDATE SET "
+    "succeeded = excluded.succeeded, failed = excluded.failed, runtime_sum = excluded.runtime_sum, "
+    "histogram = excluded.histogram"
+)
+_UPSERT_SAMPLE: Final = (
+    "INSERT INTO queue_samples (queue, at, depth, consumers) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (queue, at) DO UPDATE SET depth = excluded.depth, consumers = excluded.consumers"
+)
+
+
+# -- free text: the lexemes a row holds and the tsquery a search asks --------------------------------------------
+
+
+def _lexeme(word: str) -> str:
+    """A word as a quoted tsvector/tsquery lexeme (words are letters and digits: nothing to escape)."""
+    raw = word.encode()
+    if len(raw) > MAX_LEXEME_BYTES:
+        word = raw[:MAX_LEXEME_BYTES].decode(errors="ignore")
+    return f"'{word}'"
+
+
+def tsvector_text(texts: dict[str, str | None]) -> str:
+    """The `words` of a row, in tsvector input syntax: each word of args/kwargs/result/traceback at its field's
+    position and weight, each word of exception tagged with "!"."""
+    positions: dict[str, list[str]] = {}
+    for field in TEXT_FIELDS:
+        text = texts.get(field)
+        if not text:
+            continue
+        if field in _TAGGED:
+            for word in set(words(text)):
+                positions.setdefault(_lexeme(_TAGGED[field] + word), []).append(str(_EXCEPTION_POSITION))
+            continue
+        position, weight = _WEIGHTS[field]
+        mark = f"{position}{weight}"
+        for word in set(words(text)):
+            positions.setdefault(_lexeme(word), []).append(mark)
+    return " ".join(f"{lexeme}:{','.join(marks)}" for lexeme, marks in positions.items())
+
+
+def _word_query(word: str, field: str | None) -> str:
+    if field is None:
+        return f"({_lexeme(word)}:* | {_lexeme(_TAGGED['exception'] + word)}:*)"
+    if field in _TAGGED:
+        return f"{_lexeme(_TAGGED[field] + word)}:*"
+    return f"{_lexeme(word)}:*{_WEIGHTS[field][1]}"
+
+
+def tsquery_text(terms: Sequence[tuple[Sequence[str], str | None]]) -> str:
+    """A tsquery (input syntax) for word lists that must all match as word prefixes, each in its field or in
+    any field."""
+    return " & ".join(_word_query(word, field) for found, field in terms for word in found)
+
+
+class _PostgresDialect(Dialect):
+    param = "%s"
+
+    def glob(self, column: str, pattern: str) -> tuple[str, list[Any]]:
+        return f"{column} LIKE %s", [glob_to_like(pattern)]  # backslash is LIKE's escape character
+
+    def text_match(self, query: TaskQuery) -> tuple[str, list[Any]] | None:
+        clauses: list[str] = []
+        params: list[Any] = []
+        positive = [(term.words, term.field) for term in query.terms if not term.negated]
+        if positive:
+            clauses.append("tasks.words @@ %s::tsquery")
+            params.append(tsquery_text(positive))
+        for term in query.terms:
+            if term.negated:
+                clauses.append("NOT (tasks.words @@ %s::tsquery)")
+                params.append(tsquery_text([(term.words, term.field)]))
+        return (" AND ".join(clauses), params) if clauses else None
+
+
+DIALECT: Final = _PostgresDialect()
+
+
+# -- connections -------------------------------------------------------------------------------------------------
+
+
+def connect_url(url: str) -> str:
+    """The libpq URL for a [history] url (SQLAlchemy's postgresql+psycopg:// accepted too)."""
+    return "postgresql://" + url.split("://", 1)[1] if url.startswith("postgresql+psycopg://") else url
+
+
+def connect(url: str, *, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
+            purpose: str = "history") -> psycopg.Connection[Any]:
+    """One autocommit connection with every bound set (connect timeout, keepalives, statement timeout)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    given = conninfo_to_dict(connect_url(url))
+    options = " ".join(part for part in (str(given.get("options") or ""),
+                                         f"-c statement_timeout={statement_timeout_ms}",
+                                         "-c idle_in_transaction_session_timeout=60000") if part)
+    conninfo = make_conninfo(
+        connect_url(url), connect_timeout=given.get("connect_timeout") or CONNECT_TIMEOUT, options=options,
+        application_name=given.get("application_name") or f"dispatch-dashboard {purpose}",
+        keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3, tcp_user_timeout=10_000,
+    )
+    return psycopg.connect(conninfo, autocommit=True)
+
+
+class _Pool:
+    """At most `size` connections, reused LIFO; a broken one is closed and replaced on the next use."""
+
+    def __init__(self, url: str, size: int, wait: float) -> None:
+        self.url = url
+        self._slots = threading.BoundedSemaphore(size)
+        self.wait = wait
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        import psycopg
+
+        if not self._slots.acquire(timeout=self.wait):
+            raise TimeoutError(f"all {POOL_SIZE} connections stayed busy for {self.wait:.0f} s")
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            with self._lock:
+                if self._closed:
+                    raise psycopg.OperationalError("the store is closed")
+                conn = self._idle.pop() if self._idle else None
+            while conn is not None and _stale(conn):
+                with contextlib.suppress(Exception):
+                    conn.close()
+                with self._lock:
+                    conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = connect(self.url)
+            yield conn
+        except BaseException:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                conn = None
+            raise
+        finally:
+            if conn is not None:
+                with self._lock:
+                    keep = not self._closed and not conn.closed and conn.info.transaction_status == 0  # IDLE
+                    if keep:
+                        self._idle.append(conn)
+                if not keep:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _stale(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection is closed or was ended by the server (an idle session has nothing to read
+    unless the server sent a goodbye: an admin's termination, a restart)."""
+    if conn.closed:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class _AdvisoryLock(WriterLock):
+    """pg_try_advisory_lock on a session of its own; writes go through that session while it is held."""
+
+    def __init__(self, store: PostgresHistory) -> None:
+        self.store = store
+        self.conn: psycopg.Connection[Any] | None = None
+        self._checked = 0.0
+        self._guard = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        import psycopg
+
+        if self.conn is not None:
+            return self.still_held()
+        try:
+            conn = connect(self.store.url, purpose="history writer")
+        except psycopg.Error as exc:
+            raise self.store.unavailable("cannot reach", exc) from None
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_KEY,)).fetchone()
+        except psycopg.Error as exc:
+            conn.close()
+            raise self.store.unavailable("cannot ask for the writer lock on", exc) from None
+        if not (row and row[0]):
+            conn.close()
+            return False
+        self.conn = conn
+        self._checked = time.monotonic()
+        self.store._holding = self
+        return True
+
+    def still_held(self) -> bool:
+        import psycopg
+
+        conn = self.conn
+        if conn is None or conn.closed:
+            return False
+        now = time.monotonic()
+        if now - self._checked < LOCK_CHECK_EVERY:
+            return True
+        try:
+            with self._guard:
+                conn.execute("SELECT 1")  # a dead session answers at once (reset) or within the keepalive bound
+        except psycopg.Error as exc:
+            log.warning("history: the writer's session on %s is gone: %s", self.store.shown, mask_text(str(exc)))
+            self.release()
+            return False
+        self._checked = now
+        return True
+
+    def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if self.store._holding is self:
+            self.store._holding = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                if not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_KEY,))
+            with contextlib.suppress(Exception):
+                conn.close()  # ending the session frees the lock anyway
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[psycopg.Connection[Any]]:
+        """The lock's own session, for the writer's writes (it dies with the lock)."""
+        conn = self.conn
+        if conn is None or conn.closed:
+            import psycopg
+
+            raise psycopg.OperationalError("the writer's session is closed")
+        with self._guard:
+            yield conn
+
+
+# -- the store ---------------------------------------------------------------------------------------------------
+
+
+class PostgresHistory(HistoryStore):
+    """History in the PostgreSQL database at `url`."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
+        self.url = connect_url(url)
+        self.shown = shown_url(self.url)
+        self._pool = _Pool(self.url, pool_size, POOL_WAIT)
+        self._opened = False
+        self._open_lock = threading.Lock()
+        self._holding: _AdvisoryLock | None = None
+
+    def unavailable(self, doing: str, exc: BaseException) -> HistoryUnavailable:
+        """The error for a failure while `doing` something with the database (credentials masked)."""
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return HistoryUnavailable(mask_text(f"history: {doing} {self.shown}: {detail}"))
+
+    @contextlib.contextmanager
+    def _using(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, its errors translated."""
+        import psycopg
+
+        self.open()
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.Error, TimeoutError) as exc:
+            raise self.unavailable(doing, exc) from None
+
+    @contextlib.contextmanager
+    def _writing(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
+        """The writer lock's session when this store holds it, else a pooled connection; in one transaction."""
+        import psycopg
+
+        self.open()
+        holder = self._holding
+        try:
+            with contextlib.ExitStack() as stack:
+                conn = stack.enter_context(holder.session() if holder is not None else self._pool.connection())
+                with conn.transaction():
+                    yield conn
+        except psycopg.Error as exc:
+            raise self.unavailable(doing, exc) from None
+
+    # -- schema --------------------------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._opened:
+            return
+        import psycopg
+
+        with self._open_lock:
+            if self._opened:
+                return
+            try:
+                conn = connect(self.url, statement_timeout_ms=MIGRATION_TIMEOUT_MS, purpose="history migration")
+            except psycopg.Error as exc:
+                raise self.unavailable("cannot reach", exc) from None
+            try:
+                migrate(conn, _MIGRATIONS, VERSION_TABLE, MIGRATE_KEY, self.shown, "history")
+            except psycopg.Error as exc:
+                raise self.unavailable("cannot bring the schema up to date in", exc) from None
+            finally:
+                conn.close()
+            self._opened = True
+
+    def writer_lock(self) -> WriterLock:
+        return _AdvisoryLock(self)
+
+    # -- writing (the writer thread) -----------------------------------------------------------------------------
+
+    def write(self, batch: WriteBatch) -> None:
+        tasks = sorted(batch.tasks, key=lambda task: task.timeline[0].timestamp if task.timeline else 0.0)
+        rows = []
+        for task in tasks:
+            row = row_of(task)
+            rows.append((*row, tsvector_text(dict(zip(COLUMNS, row, strict=True)))))
+        with self._writing("writing to") as conn, conn.cursor() as cursor:
+            if rows:
+                cursor.executemany(_UPSERT, rows)
+            if batch.minutes:
+                cursor.executemany(_UPSERT_MINUTE, [_minute_row(row) for row in batch.minutes])
+            if batch.samples:
+                cursor.executemany(_UPSERT_SAMPLE, [(s.queue, s.at, s.depth, s.consumers) for s in batch.samples])
+
+    def prune(self, older_than: float | None, keep: int | None) -> int:
+        removed = 0
+        try:
+            if keep is not None:
+                with self._writing("pruning") as conn:
+                    row = conn.execute("SELECT seq FROM tasks ORDER BY seq DESC LIMIT 1 OFFSET %s",
+                                       (keep,)).fetchone()
+                if row is not None:
+                    removed += self._in_batches("DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks "
+                                                "WHERE seq <= %s ORDER BY seq LIMIT %s)", (row[0],))
+            if older_than is not None:
+                removed += self._in_batches("DELETE FROM tasks WHERE seq IN "
+                                            "(SELECT seq FROM tasks WHERE seen < %s LIMIT %s)", (older_than,))
+                with self._writing("pruning") as conn:
+                    conn.execute("DELETE FROM task_minutes WHERE minute < %s", (int(older_than // 60),))
+                    conn.execute("DELETE FROM queue_samples WHERE at < %s", (older_than,))
+        except HistoryUnavailable as exc:
+            raise HistoryUnavailable(f"{exc} (after pruning {removed} tasks)") from None
+        return removed
+
+    def _in_batches(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Run a DELETE ... LIMIT again and again, each batch its own transaction, until one deletes less than a
+        batch; how many rows went."""
+        removed = 0
+        while True:
+            with self._writing("pruning") as conn:
+                count = conn.execute(sql, (*params, PRUNE_BATCH)).rowcount
+            removed += max(count, 0)
+            if count < PRUNE_BATCH:
+                return removed
+
+    # -- reading (any thread) ------------------------------------------------------------------------------------
+
+    def search(self, query: TaskQuery, sort: str = "-seen", limit: int = 50, offset: int = 0) -> SearchPage:
+        clauses, params = where_of(query, DIALECT)
+        text = DIALECT.text_match(query)
+        if text is not None:
+            clauses.append(text[0])
+            params += text[1]
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = order_of(sort, "tasks.seq")
+        with self._using("searching") as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks{where} ORDER BY {order} "
+                                "LIMIT %s OFFSET %s", [*params, limit, offset]).fetchall()
+            # Counting millions of rows would cost more than the page: count up to the cap, and say "at least".
+            counted_row = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM tasks{where} LIMIT %s) AS matched",
+                                       [*params, COUNT_CAP + 1]).fetchone()
+        counted = int(counted_row[0]) if counted_row else 0
+        tasks = [view_of(row) for row in rows]
+        return SearchPage(tasks, max(min(counted, COUNT_CAP), offset + len(tasks)), counted > COUNT_CAP)
+
+    def get(self, task_id: str) -> TaskView | None:
+        with self._using("reading") as conn:
+            row = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
+        return view_of(row) if row is not None else None
+
+    def newest(self, limit: int, below: int | None = None) -> tuple[list[TaskView], int | None]:
+        with self._using("reading") as conn:
+            rows = conn.execute(
+                f"SELECT seq, {SELECT_COLUMNS} FROM tasks WHERE seq < %s ORDER BY seq DESC LIMIT %s",
+                (below if below is not None else 2**62, limit),
+            ).fetchall()
+        if not rows:
+            return [], None
+        return [view_of(row[1:]) for row in rows], int(rows[-1][0])
+
+    def children(self, parent_id: str, limit: int = 200) -> list[TaskView]:
+        with self._using("reading") as conn:
+            rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks WHERE parent_id = %s "
+                                "ORDER BY seq LIMIT %s", (parent_id, limit)).fetchall()
+        return [view_of(row) for row in rows]
+
+    def minutes(self, since_minute: int, names: Sequence[str] = (), queues: Sequence[str] = ()) -> list[MinuteRow]:
+        clauses: list[str] = ["minute >= %s"]
+        params: list[Any] = [since_minute]
+        for column, values in (("name", names), ("queue", queues)):
+            if values:
+                clauses.append(f"{column} = ANY(%s)")
+                params.append(list(values))
+        with self._using("reading") as conn:
+            rows = conn.execute("SELECT name, queue, minute, succeeded, failed, runtime_sum, histogram "
+                                f"FROM task_minutes WHERE {' AND '.join(clauses)}", params).fetchall()
+        return [_minute(row) for row in rows]
+
+    def samples(self, since: float, queues: Sequence[str] = ()) -> list[QueueSample]:
+        sql = "SELECT queue, at, depth, consumers FROM queue_samples WHERE at >= %s"
+        params: list[Any] = [since]
+        if queues:
+            sql += " AND queue = ANY(%s)"
+            params.append(list(queues))
+        with self._using("reading") as conn:
+            rows = conn.execute(sql + " ORDER BY at", params).fetchall()
+        return [QueueSample(at=float(at), queue=queue, depth=depth, consumers=int(consumers))
+                for queue, at, depth, consumers in rows]
+
+    def info(self) -> StoreInfo:
+        with self._using("reading") as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM tasks), (SELECT count(*) FROM task_minutes), "
+                "(SELECT count(*) FROM queue_samples), pg_total_relation_size('tasks') "
+                "+ pg_total_relation_size('task_minutes') + pg_total_relation_size('queue_samples')"
+            ).fetchone()
+        assert row is not None
+        return StoreInfo(int(row[0]), int(row[3]), int(row[1]), int(row[2]))
+
+    def close(self) -> None:
+        holder = self._holding
+        if holder is not None:
+            holder.release()
+        self._pool.close()
+
+
+def migrate(conn: psycopg.Connection[Any], migrations: Sequence[Sequence[str]], table: str, key: int, shown: str,
+            what: str) -> None:
+    """Bring a schema to len(migrations) (its version in `table`), once, even with several replicas starting at
+    once: the steps run in one transaction under a transaction-level advisory lock."""
+    wanted = len(migrations)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)")
+        row = conn.execute(f"SELECT max(version) FROM {table}").fetchone()
+        version = int(row[0]) if row and row[0] is not None else 0
+        if version > wanted:
+            import psycopg
+
+            raise psycopg.errors.FeatureNotSupported(
+                f"{what} schema version {version} is newer than this dashboard's ({wanted})")
+        for step in range(version, wanted):
+            for statement in migrations[step]:
+                conn.execute(statement)
+        if version < wanted:
+            conn.execute(f"DELETE FROM {table}")
+            conn.execute(f"INSERT INTO {table} (version) VALUES (%s)", (wanted,))
+    if version < wanted:
+        log.info("%s: %s at schema version %d", what, shown, wanted)
+
+
