@@ -1,5 +1,5 @@
-"""History in PostgreSQL, shared by several dashboard replicas (psycopg 3, imported here only: the dashboard runs
-without it when no PostgreSQL is configured).
+"""History in PostgreSQL, shared by several dashboard replicas (psycopg 3, imported here and in services/pg.py
+only: the dashboard runs without it when no PostgreSQL is configured).
 
 - Ordering: `seq`, an identity column, grows as the store learns of tasks (an upsert keeps a task's first one), so
   "newest first" walks the primary key backwards and each (column, seq) index gives a filtered page in order.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +31,7 @@ from ...model.secrets import mask_text
 from ...model.series import MinuteRow, QueueSample
 from ...model.state import TaskView
 from ..broker.urls import shown_url
+from ..pg import MIGRATION_TIMEOUT_MS, Pool, connect, connect_url, migrate
 from .rows import COLUMNS, row_of, view_of
 from .sqlite import _minute, _minute_row  # one encoding of a minute's histogram for both stores
 from .store import (
@@ -54,12 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT: Final = 5  # seconds (libpq takes whole seconds)
-STATEMENT_TIMEOUT_MS: Final = 5_000
-MIGRATION_TIMEOUT_MS: Final = 600_000  # building an index on a large table may take minutes
 LOCK_CHECK_EVERY: Final = 1.0  # seconds between the writer's checks that its session is alive
 POOL_SIZE: Final = 8  # connections a process opens at most for reads (a request waits for one)
-POOL_WAIT: Final = 5.0
 #: pg_try_advisory_lock keys: one for the writer, one around migrations ("dd-hist" / "dd-migr" as numbers).
 WRITER_KEY: Final = 0x64642D68697374
 MIGRATE_KEY: Final = 0x64642D6D696772
@@ -191,99 +187,7 @@ class _PostgresDialect(Dialect):
 DIALECT: Final = _PostgresDialect()
 
 
-# -- connections -------------------------------------------------------------------------------------------------
-
-
-def connect_url(url: str) -> str:
-    """The libpq URL for a [history] url (SQLAlchemy's postgresql+psycopg:// accepted too)."""
-    return "postgresql://" + url.split("://", 1)[1] if url.startswith("postgresql+psycopg://") else url
-
-
-def connect(url: str, *, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
-            purpose: str = "history") -> psycopg.Connection[Any]:
-    """One autocommit connection with every bound set (connect timeout, keepalives, statement timeout)."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    given = conninfo_to_dict(connect_url(url))
-    options = " ".join(part for part in (str(given.get("options") or ""),
-                                         f"-c statement_timeout={statement_timeout_ms}",
-                                         "-c idle_in_transaction_session_timeout=60000") if part)
-    conninfo = make_conninfo(
-        connect_url(url), connect_timeout=given.get("connect_timeout") or CONNECT_TIMEOUT, options=options,
-        application_name=given.get("application_name") or f"dispatch-dashboard {purpose}",
-        keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3, tcp_user_timeout=10_000,
-    )
-    return psycopg.connect(conninfo, autocommit=True)
-
-
-class _Pool:
-    """At most `size` connections, reused LIFO; a broken one is closed and replaced on the next use."""
-
-    def __init__(self, url: str, size: int, wait: float) -> None:
-        self.url = url
-        self._slots = threading.BoundedSemaphore(size)
-        self.wait = wait
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        import psycopg
-
-        if not self._slots.acquire(timeout=self.wait):
-            raise TimeoutError(f"all {POOL_SIZE} connections stayed busy for {self.wait:.0f} s")
-        conn: psycopg.Connection[Any] | None = None
-        try:
-            with self._lock:
-                if self._closed:
-                    raise psycopg.OperationalError("the store is closed")
-                conn = self._idle.pop() if self._idle else None
-            while conn is not None and _stale(conn):
-                with contextlib.suppress(Exception):
-                    conn.close()
-                with self._lock:
-                    conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                conn = connect(self.url)
-            yield conn
-        except BaseException:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                conn = None
-            raise
-        finally:
-            if conn is not None:
-                with self._lock:
-                    keep = not self._closed and not conn.closed and conn.info.transaction_status == 0  # IDLE
-                    if keep:
-                        self._idle.append(conn)
-                if not keep:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-            self._slots.release()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-
-def _stale(conn: psycopg.Connection[Any]) -> bool:
-    """Whether an idle connection is closed or was ended by the server (an idle session has nothing to read
-    unless the server sent a goodbye: an admin's termination, a restart)."""
-    if conn.closed:
-        return True
-    try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
+# -- the writer lock -----------------------------------------------------------------------------------------
 
 
 class _AdvisoryLock(WriterLock):
@@ -370,7 +274,7 @@ class PostgresHistory(HistoryStore):
     def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
         self.url = connect_url(url)
         self.shown = shown_url(self.url)
-        self._pool = _Pool(self.url, pool_size, POOL_WAIT)
+        self._pool = Pool(self.url, pool_size)
         self._opened = False
         self._open_lock = threading.Lock()
         self._holding: _AdvisoryLock | None = None
@@ -559,30 +463,3 @@ class PostgresHistory(HistoryStore):
         if holder is not None:
             holder.release()
         self._pool.close()
-
-
-def migrate(conn: psycopg.Connection[Any], migrations: Sequence[Sequence[str]], table: str, key: int, shown: str,
-            what: str) -> None:
-    """Bring a schema to len(migrations) (its version in `table`), once, even with several replicas starting at
-    once: the steps run in one transaction under a transaction-level advisory lock."""
-    wanted = len(migrations)
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version integer NOT NULL)")
-        row = conn.execute(f"SELECT max(version) FROM {table}").fetchone()
-        version = int(row[0]) if row and row[0] is not None else 0
-        if version > wanted:
-            import psycopg
-
-            raise psycopg.errors.FeatureNotSupported(
-                f"{what} schema version {version} is newer than this dashboard's ({wanted})")
-        for step in range(version, wanted):
-            for statement in migrations[step]:
-                conn.execute(statement)
-        if version < wanted:
-            conn.execute(f"DELETE FROM {table}")
-            conn.execute(f"INSERT INTO {table} (version) VALUES (%s)", (wanted,))
-    if version < wanted:
-        log.info("%s: %s at schema version %d", what, shown, wanted)
-
-
