@@ -60,7 +60,8 @@ def find_bindir() -> Path:
 
 class PostgresServer(ManagedProcess):
     """A postgres in the foreground on 127.0.0.1:<port>, its cluster in a directory of its own; trust auth on
-    loopback for the superuser `postgres`, and a database `dashboard`."""
+    loopback for the superuser `postgres`, and a database `dashboard`. As root, a `directory` given must be
+    reachable by the postgres user (pytest's tmp_path is not: leave it out, a fresh one under /tmp is made)."""
 
     def __init__(
         self,
