@@ -54,7 +54,7 @@ test_stats_give_series_per_name_and_queue = same.test_stats_give_series_per_name
 def test_search_pages_sorts_and_caps_its_count(store: PostgresHistory, monkeypatch: pytest.MonkeyPatch) -> None:
     state = State(clock=lambda: NOW)
     ids = [feed(state, i, runtime=0.01 * (i % 7)) for i in range(30)]
-    store.write(WriteBatch(views(state)))
+    store.write(WriteBatch.of_views(views(state)))
     query = parse_query("name:acme.*", NOW)
 
     second = store.search(query, limit=10, offset=10)
@@ -90,7 +90,7 @@ def test_tricky_values_and_words_agree_with_the_memory_matcher(store: PostgresHi
              worker=f"celery@{'ab'[i % 2]}", queue="billing" if i % 3 else "mail",
              final="task-failed" if i % 4 == 0 else "task-succeeded", **outcome)
     everything = views(state)
-    store.write(WriteBatch(everything))
+    store.write(WriteBatch.of_views(everything))
 
     for text in TRICKY:
         query = parse_query(text, NOW)
@@ -223,3 +223,15 @@ def test_open_store_picks_postgres_for_its_urls() -> None:
     for url in ("postgresql://u:p@h/db", "postgres://h/db", "postgresql+psycopg://h/db"):
         store = open_store(url)
         assert isinstance(store, PostgresHistory) and "p@" not in store.shown
+
+
+def test_a_text_postgres_cannot_hold_is_escaped_rather_than_failing_the_batch(store: PostgresHistory) -> None:
+    state = State(clock=lambda: NOW)
+    odd = feed(state, 1, args="['nul\x00byte', 'lone \ud800']")
+    plain = feed(state, 2)
+
+    store.write(WriteBatch.of_views(views(state)))
+
+    stored = store.get(odd)
+    assert stored is not None and stored.args == "['nul\\x00byte', 'lone \\ud800']"
+    assert store.get(plain) is not None and store.search(parse_query("args:nul", NOW)).total == 1

@@ -24,15 +24,16 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
-from ...model.search import TEXT_FIELDS, TaskQuery, glob_to_like, words
+from ...model.search import TaskQuery, glob_to_like, words
 from ...model.secrets import mask_text
 from ...model.series import MinuteRow, QueueSample
 from ...model.state import TaskView
+from ...model.state.rows import COLUMNS, SEEN, TEXT_COLUMNS, row_view
 from ..broker.urls import shown_url
 from ..pg import MIGRATION_TIMEOUT_MS, Pool, connect, connect_url, migrate
-from .rows import COLUMNS, row_of, view_of
 from .sqlite import _minute, _minute_row  # one encoding of a minute's histogram for both stores
 from .store import (
     COUNT_CAP,
@@ -76,7 +77,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             retries integer NOT NULL DEFAULT 0,
             root_id text, parent_id text,
             args text, kwargs text, result text, exception text, traceback text,
-            extra text NOT NULL,
+            exchange text, routing_key text, eta text, expires text, not_registered integer NOT NULL DEFAULT 0,
+            timeline text NOT NULL, details text,
             words tsvector NOT NULL DEFAULT ''::tsvector
         )""",
         "CREATE INDEX tasks_name ON tasks (name, seq)",
@@ -131,11 +133,14 @@ def _lexeme(word: str) -> str:
     return f"'{word}'"
 
 
+_TEXT_INDEXES: Final = tuple((COLUMNS.index(field), field) for field in TEXT_COLUMNS)
+
+
 def tsvector_text(texts: dict[str, str | None]) -> str:
     """The `words` of a row, in tsvector input syntax: each word of args/kwargs/result/traceback at its field's
     position and weight, each word of exception tagged with "!"."""
     positions: dict[str, list[str]] = {}
-    for field in TEXT_FIELDS:
+    for field in TEXT_COLUMNS:
         text = texts.get(field)
         if not text:
             continue
@@ -297,8 +302,9 @@ class PostgresHistory(HistoryStore):
             raise self.unavailable(doing, exc) from None
 
     @contextlib.contextmanager
-    def _writing(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
-        """The writer lock's session when this store holds it, else a pooled connection; in one transaction."""
+    def _writing(self, doing: str, data_errors: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """The writer lock's session when this store holds it, else a pooled connection; in one transaction.
+        With `data_errors`, a psycopg.DataError (a value the database refuses) goes up as it is."""
         import psycopg
 
         self.open()
@@ -309,6 +315,8 @@ class PostgresHistory(HistoryStore):
                 with conn.transaction():
                     yield conn
         except psycopg.Error as exc:
+            if data_errors and isinstance(exc, psycopg.DataError):
+                raise
             raise self.unavailable(doing, exc) from None
 
     # -- schema --------------------------------------------------------------------------------------------------
@@ -339,12 +347,19 @@ class PostgresHistory(HistoryStore):
     # -- writing (the writer thread) -----------------------------------------------------------------------------
 
     def write(self, batch: WriteBatch) -> None:
-        tasks = sorted(batch.tasks, key=lambda task: task.timeline[0].timestamp if task.timeline else 0.0)
-        rows = []
-        for task in tasks:
-            row = row_of(task)
-            rows.append((*row, tsvector_text(dict(zip(COLUMNS, row, strict=True)))))
-        with self._writing("writing to") as conn, conn.cursor() as cursor:
+        import psycopg
+
+        tasks = sorted(batch.tasks, key=itemgetter(SEEN))  # new rows take their place in first-sighting order
+        rows = [(*row, tsvector_text({field: row[index] for index, field in _TEXT_INDEXES})) for row in tasks]
+        try:
+            self._write(rows, batch, strict=True)
+        except (psycopg.DataError, UnicodeEncodeError):
+            # A text PostgreSQL cannot hold (a NUL, a lone surrogate): write the batch with those escaped rather
+            # than fail the same batch again and again.
+            self._write([tuple(_text_safe(value) for value in row) for row in rows], batch)
+
+    def _write(self, rows: list[tuple[Any, ...]], batch: WriteBatch, strict: bool = False) -> None:
+        with self._writing("writing to", data_errors=strict) as conn, conn.cursor() as cursor:
             if rows:
                 cursor.executemany(_UPSERT, rows)
             if batch.minutes:
@@ -401,13 +416,13 @@ class PostgresHistory(HistoryStore):
             counted_row = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM tasks{where} LIMIT %s) AS matched",
                                        [*params, COUNT_CAP + 1]).fetchone()
         counted = int(counted_row[0]) if counted_row else 0
-        tasks = [view_of(row) for row in rows]
+        tasks = [row_view(row) for row in rows]
         return SearchPage(tasks, max(min(counted, COUNT_CAP), offset + len(tasks)), counted > COUNT_CAP)
 
     def get(self, task_id: str) -> TaskView | None:
         with self._using("reading") as conn:
             row = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
-        return view_of(row) if row is not None else None
+        return row_view(row) if row is not None else None
 
     def newest(self, limit: int, below: int | None = None) -> tuple[list[TaskView], int | None]:
         with self._using("reading") as conn:
@@ -417,13 +432,13 @@ class PostgresHistory(HistoryStore):
             ).fetchall()
         if not rows:
             return [], None
-        return [view_of(row[1:]) for row in rows], int(rows[-1][0])
+        return [row_view(row[1:]) for row in rows], int(rows[-1][0])
 
     def children(self, parent_id: str, limit: int = 200) -> list[TaskView]:
         with self._using("reading") as conn:
             rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks WHERE parent_id = %s "
                                 "ORDER BY seq LIMIT %s", (parent_id, limit)).fetchall()
-        return [view_of(row) for row in rows]
+        return [row_view(row) for row in rows]
 
     def minutes(self, since_minute: int, names: Sequence[str] = (), queues: Sequence[str] = ()) -> list[MinuteRow]:
         clauses: list[str] = ["minute >= %s"]
@@ -463,3 +478,16 @@ class PostgresHistory(HistoryStore):
         if holder is not None:
             holder.release()
         self._pool.close()
+
+
+def _text_safe(value: Any) -> Any:
+    """A value PostgreSQL text can hold: NUL as the text \\x00, a lone surrogate as its backslash escape."""
+    if not isinstance(value, str):
+        return value
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode()
+    return value
