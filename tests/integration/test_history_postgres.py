@@ -35,8 +35,6 @@ def store(postgres_url: str) -> Iterator[PostgresHistory]:
 # -- the SQLite store's behaviours, against PostgreSQL ---------------------------------------------------------
 
 test_a_task_round_trips_through_its_row = same.test_a_task_round_trips_through_its_row
-test_every_search_form_finds_what_the_memory_matcher_finds = (
-    same.test_every_search_form_finds_what_the_memory_matcher_finds)
 test_an_updated_task_is_found_by_its_new_text_only = same.test_an_updated_task_is_found_by_its_new_text_only
 test_prune_by_age_and_by_count = same.test_prune_by_age_and_by_count
 test_newest_walks_back_in_chunks = same.test_newest_walks_back_in_chunks
@@ -49,6 +47,17 @@ test_restore_puts_the_newest_back_and_reports_the_downtime = (
 test_history_merges_what_is_not_written_yet_into_the_first_page = (
     same.test_history_merges_what_is_not_written_yet_into_the_first_page)
 test_stats_give_series_per_name_and_queue = same.test_stats_give_series_per_name_and_queue
+
+
+DENSITIES = pytest.mark.parametrize("dense", [2_000, 0], ids=["through-indexes", "walking-in-order"])
+
+
+@DENSITIES
+def test_every_search_form_finds_what_the_memory_matcher_finds(
+    store: PostgresHistory, dense: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dashboard.services.history.postgres.DENSE", dense)  # both of the search's plans
+    same.test_every_search_form_finds_what_the_memory_matcher_finds(store, dense, monkeypatch)  # type: ignore[arg-type]
 
 
 def test_search_pages_sorts_and_caps_its_count(store: PostgresHistory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,7 +87,11 @@ TRICKY = [
 ]
 
 
-def test_tricky_values_and_words_agree_with_the_memory_matcher(store: PostgresHistory) -> None:
+@DENSITIES
+def test_tricky_values_and_words_agree_with_the_memory_matcher(
+    store: PostgresHistory, dense: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dashboard.services.history.postgres.DENSE", dense)
     state = State(clock=lambda: NOW)
     names = ["a%b", "a_b", "axb", "[x]y", "acme.billing.charge", "acme.bil"]
     texts = ["Café naïve", "Straße 日本語", "x" * 400, "ünïcödé deep-thought 42", "ValueError: boom", "ok"]

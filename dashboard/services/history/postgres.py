@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
-from ...model.search import TaskQuery, glob_to_like, words
+from ...model.search import TaskQuery, glob_to_like, sort_order, words
 from ...model.secrets import mask_text
 from ...model.series import MinuteRow, QueueSample
 from ...model.state import TaskView
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Past this many matches a page walks an index newest first instead of sorting the matches (as sqlite.py).
+DENSE: Final = 2_000
 LOCK_CHECK_EVERY: Final = 1.0  # seconds between the writer's checks that its session is alive
 POOL_SIZE: Final = 8  # connections a process opens at most for reads (a request waits for one)
 #: pg_try_advisory_lock keys: one for the writer, one around migrations ("dd-hist" / "dd-migr" as numbers).
@@ -106,8 +109,18 @@ SCHEMA_VERSION: Final = len(_MIGRATIONS)
 VERSION_TABLE: Final = "history_schema"
 
 _WRITTEN: Final = (*COLUMNS, "words")
+#: A group commit: the rows are copied (COPY, the fastest way in) into a temporary table of the session, then
+#: upserted in one statement, in the order they came (new rows take their `seq` in first-sighting order).
+_STAGING: Final = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS tasks_in (ord integer, id text, name text, state text, queue text, "
+    "worker text, seen double precision, updated double precision, runtime double precision, retries integer, "
+    "root_id text, parent_id text, args text, kwargs text, result text, exception text, traceback text, "
+    "exchange text, routing_key text, eta text, expires text, not_registered integer, timeline text, "
+    "details text, words tsvector) ON COMMIT DELETE ROWS"
+)
+_COPY: Final = f"COPY tasks_in (ord, {', '.join(_WRITTEN)}) FROM STDIN"
 _UPSERT: Final = (
-    f"INSERT INTO tasks ({', '.join(_WRITTEN)}) VALUES ({', '.join(['%s'] * (len(_WRITTEN) - 1))}, %s::tsvector) "
+    f"INSERT INTO tasks ({', '.join(_WRITTEN)}) SELECT {', '.join(_WRITTEN)} FROM tasks_in ORDER BY ord "
     f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _WRITTEN[1:])}"
 )
 _UPSERT_MINUTE: Final = (
@@ -127,32 +140,55 @@ _UPSERT_SAMPLE: Final = (
 
 def _lexeme(word: str) -> str:
     """A word as a quoted tsvector/tsquery lexeme (words are letters and digits: nothing to escape)."""
-    raw = word.encode()
-    if len(raw) > MAX_LEXEME_BYTES:
-        word = raw[:MAX_LEXEME_BYTES].decode(errors="ignore")
+    if len(word) > MAX_LEXEME_BYTES // 4:
+        raw = word.encode()
+        if len(raw) > MAX_LEXEME_BYTES:
+            word = raw[:MAX_LEXEME_BYTES].decode(errors="ignore")
     return f"'{word}'"
 
 
-_TEXT_INDEXES: Final = tuple((COLUMNS.index(field), field) for field in TEXT_COLUMNS)
+_WORD: Final = re.compile(r"[^\W_]+")
+_LONG_WORD: Final = MAX_LEXEME_BYTES // 4  # chars: a shorter word fits in MAX_LEXEME_BYTES whatever it holds
+#: (row index, tag, position and weight) of each text column: args/kwargs/result/traceback by weight, exception
+#: by tag (four weights for five fields).
+_ROW_FIELDS: Final = tuple(
+    (COLUMNS.index(field), _TAGGED.get(field, ""),
+     f":{_EXCEPTION_POSITION}" if field in _TAGGED else f":{_WEIGHTS[field][0]}{_WEIGHTS[field][1]}")
+    for field in TEXT_COLUMNS
+)
+
+
+def _words(text: str) -> set[str]:
+    """model.search.words(text), as a set: ASCII text (nearly all of it) takes the short way, whose words are
+    the same (NFKD leaves ASCII alone, and casefold() of ASCII is lower())."""
+    if text.isascii():
+        return set(_WORD.findall(text.lower()))
+    return set(words(text))
+
+
+def row_tsvector(row: Sequence[Any]) -> str:
+    """The `words` of a row (model.state.rows), in tsvector input syntax: each word of args/kwargs/result/
+    traceback at its field's position and weight, each word of exception tagged with "!". A word in several
+    fields is listed once per field: the tsvector input merges its positions."""
+    parts: list[str] = []
+    for index, tag, mark in _ROW_FIELDS:
+        text = row[index]
+        if not text:
+            continue
+        found = _words(text)
+        if len(text) > _LONG_WORD and any(len(word) > _LONG_WORD for word in found):
+            parts += [_lexeme(tag + word) + mark for word in found]
+        else:
+            parts += [f"'{tag}{word}'{mark}" for word in found]
+    return " ".join(parts)
 
 
 def tsvector_text(texts: dict[str, str | None]) -> str:
-    """The `words` of a row, in tsvector input syntax: each word of args/kwargs/result/traceback at its field's
-    position and weight, each word of exception tagged with "!"."""
-    positions: dict[str, list[str]] = {}
-    for field in TEXT_COLUMNS:
-        text = texts.get(field)
-        if not text:
-            continue
-        if field in _TAGGED:
-            for word in set(words(text)):
-                positions.setdefault(_lexeme(_TAGGED[field] + word), []).append(str(_EXCEPTION_POSITION))
-            continue
-        position, weight = _WEIGHTS[field]
-        mark = f"{position}{weight}"
-        for word in set(words(text)):
-            positions.setdefault(_lexeme(word), []).append(mark)
-    return " ".join(f"{lexeme}:{','.join(marks)}" for lexeme, marks in positions.items())
+    """row_tsvector for the text fields given by name (tests)."""
+    row: list[Any] = [None] * len(COLUMNS)
+    for field, text in texts.items():
+        row[COLUMNS.index(field)] = text
+    return row_tsvector(row)
 
 
 def _word_query(word: str, field: str | None) -> str:
@@ -349,8 +385,10 @@ class PostgresHistory(HistoryStore):
     def write(self, batch: WriteBatch) -> None:
         import psycopg
 
-        tasks = sorted(batch.tasks, key=itemgetter(SEEN))  # new rows take their place in first-sighting order
-        rows = [(*row, tsvector_text({field: row[index] for index, field in _TEXT_INDEXES})) for row in tasks]
+        # New rows take their place in first-sighting order; a task given twice is written once, as last given.
+        latest = {row[0]: row for row in batch.tasks}
+        tasks = sorted(latest.values(), key=itemgetter(SEEN))
+        rows = [(*row, row_tsvector(row)) for row in tasks]
         try:
             self._write(rows, batch, strict=True)
         except (psycopg.DataError, UnicodeEncodeError):
@@ -361,7 +399,11 @@ class PostgresHistory(HistoryStore):
     def _write(self, rows: list[tuple[Any, ...]], batch: WriteBatch, strict: bool = False) -> None:
         with self._writing("writing to", data_errors=strict) as conn, conn.cursor() as cursor:
             if rows:
-                cursor.executemany(_UPSERT, rows)
+                cursor.execute(_STAGING)
+                with cursor.copy(_COPY) as copy:
+                    for number, row in enumerate(rows):
+                        copy.write_row((number, *row))
+                cursor.execute(_UPSERT)
             if batch.minutes:
                 cursor.executemany(_UPSERT_MINUTE, [_minute_row(row) for row in batch.minutes])
             if batch.samples:
@@ -401,6 +443,13 @@ class PostgresHistory(HistoryStore):
     # -- reading (any thread) ------------------------------------------------------------------------------------
 
     def search(self, query: TaskQuery, sort: str = "-seen", limit: int = 50, offset: int = 0) -> SearchPage:
+        """The plan is chosen by what the query finds, not left to the planner's guess (its estimate of a
+        word prefix is often far off, and a wrong guess walks the whole table for a word nobody wrote):
+        - the matches are counted first through the indexes only (bitmap scans: the GIN index for words, the
+          btree indexes for values), up to COUNT_CAP;
+        - few (DENSE or less): the page reads them through the same indexes and sorts them;
+        - many, newest first: the page walks an index in `seq` order (the primary key, or (column, seq) for an
+          exact value) and stops after `limit` matches."""
         clauses, params = where_of(query, DIALECT)
         text = DIALECT.text_match(query)
         if text is not None:
@@ -408,14 +457,25 @@ class PostgresHistory(HistoryStore):
             params += text[1]
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         order = order_of(sort, "tasks.seq")
+        column, _descending = sort_order(sort)
         with self._using("searching") as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks{where} ORDER BY {order} "
-                                "LIMIT %s OFFSET %s", [*params, limit, offset]).fetchall()
+            if clauses:
+                conn.execute("SET LOCAL enable_seqscan = off")
+                conn.execute("SET LOCAL enable_indexscan = off")
+                conn.execute("SET LOCAL enable_indexonlyscan = off")
             # Counting millions of rows would cost more than the page: count up to the cap, and say "at least".
             counted_row = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM tasks{where} LIMIT %s) AS matched",
                                        [*params, COUNT_CAP + 1]).fetchone()
-        counted = int(counted_row[0]) if counted_row else 0
+            counted = int(counted_row[0]) if counted_row else 0
+            if clauses and counted > DENSE:
+                conn.execute("SET LOCAL enable_indexscan = on")
+                if column == "seen":
+                    conn.execute("SET LOCAL enable_bitmapscan = off")  # walk in order, stop at the page's end
+                else:
+                    conn.execute("SET LOCAL enable_seqscan = on")  # another order: the planner's choice
+            rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks{where} ORDER BY {order} "
+                                "LIMIT %s OFFSET %s", [*params, limit, offset]).fetchall()
         tasks = [row_view(row) for row in rows]
         return SearchPage(tasks, max(min(counted, COUNT_CAP), offset + len(tasks)), counted > COUNT_CAP)
 
