@@ -170,16 +170,11 @@ def rss_after_searches(url: str) -> int:
 
 @contextlib.contextmanager
 def own_postgres() -> Iterator[tuple[str, str]]:
-    """A PostgreSQL server of the bench's own, durable (fsync and synchronous_commit on, as in production), with
-    two databases: the large store's and the small one's."""
-    import psycopg
+    """A PostgreSQL server of the bench's own (durable, as in production) with two databases: the large store's
+    and the small one's."""
+    from tests.support.postgres_server import durable_server
 
-    from tests.support.postgres_server import PostgresServer
-
-    with PostgresServer(durable=True, settings=("shared_buffers=512MB", "max_wal_size=4GB")) as server:
-        with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE small")
-        print(f"PostgreSQL of its own on port {server.port} (started in {server.started_in:.1f} s)", flush=True)
+    with durable_server(extra_databases=("small",)) as server:
         yield server.url(), server.url("small")
 
 

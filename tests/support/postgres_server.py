@@ -18,7 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final, Self
 
@@ -224,3 +224,14 @@ class PostgresServer(ManagedProcess):
 
     def __repr__(self) -> str:
         return f"PostgresServer(port={self.port}, pid={self.pid})"
+
+
+@contextlib.contextmanager
+def durable_server(extra_databases: Sequence[str] = ()) -> Iterator[PostgresServer]:
+    """A server for the benchmarks: durable (fsync and synchronous_commit on, as in production), 512 MB of
+    shared buffers; its databases `dashboard` and `extra_databases`."""
+    with PostgresServer(durable=True, settings=("shared_buffers=512MB", "max_wal_size=4GB")) as server:
+        for name in extra_databases:
+            server._execute("postgres", f"CREATE DATABASE {name}")
+        print(f"PostgreSQL of its own on port {server.port} (started in {server.started_in or 0:.1f} s)", flush=True)
+        yield server
