@@ -459,21 +459,17 @@ class PostgresHistory(HistoryStore):
         order = order_of(sort, "tasks.seq")
         column, _descending = sort_order(sort)
         with self._using("searching") as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            if clauses:
-                conn.execute("SET LOCAL enable_seqscan = off")
-                conn.execute("SET LOCAL enable_indexscan = off")
-                conn.execute("SET LOCAL enable_indexonlyscan = off")
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
+                         + ("; SET LOCAL enable_seqscan = off; SET LOCAL enable_indexscan = off; "
+                            "SET LOCAL enable_indexonlyscan = off" if clauses else ""))
             # Counting millions of rows would cost more than the page: count up to the cap, and say "at least".
             counted_row = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM tasks{where} LIMIT %s) AS matched",
                                        [*params, COUNT_CAP + 1]).fetchone()
             counted = int(counted_row[0]) if counted_row else 0
             if clauses and counted > DENSE:
-                conn.execute("SET LOCAL enable_indexscan = on")
-                if column == "seen":
-                    conn.execute("SET LOCAL enable_bitmapscan = off")  # walk in order, stop at the page's end
-                else:
-                    conn.execute("SET LOCAL enable_seqscan = on")  # another order: the planner's choice
+                conn.execute("SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = off" if column == "seen"
+                             else "SET LOCAL enable_indexscan = on; SET LOCAL enable_seqscan = on")
+                # newest first: walk in order, stop at the page's end; another order: the planner's choice
             rows = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks{where} ORDER BY {order} "
                                 "LIMIT %s OFFSET %s", [*params, limit, offset]).fetchall()
         tasks = [row_view(row) for row in rows]
