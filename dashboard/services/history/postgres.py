@@ -480,7 +480,7 @@ class PostgresHistory(HistoryStore):
             row = conn.execute(f"SELECT {SELECT_COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
         return row_view(row) if row is not None else None
 
-    def newest(self, limit: int, below: int | None = None) -> tuple[list[TaskView], int | None]:
+    def newest(self, limit: int, below: int | None = None) -> tuple[list[tuple[Any, ...]], int | None]:
         with self._using("reading") as conn:
             rows = conn.execute(
                 f"SELECT seq, {SELECT_COLUMNS} FROM tasks WHERE seq < %s ORDER BY seq DESC LIMIT %s",
@@ -488,7 +488,7 @@ class PostgresHistory(HistoryStore):
             ).fetchall()
         if not rows:
             return [], None
-        return [row_view(row[1:]) for row in rows], int(rows[-1][0])
+        return [tuple(row[1:]) for row in rows], int(rows[-1][0])
 
     def children(self, parent_id: str, limit: int = 200) -> list[TaskView]:
         with self._using("reading") as conn:
