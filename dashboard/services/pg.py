@@ -43,13 +43,18 @@ def connect(url: str, *, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
     given = conninfo_to_dict(connect_url(url))
     options = " ".join(part for part in (str(given.get("options") or ""),
                                          f"-c statement_timeout={statement_timeout_ms}",
-                                         "-c idle_in_transaction_session_timeout=60000") if part)
+                                         "-c idle_in_transaction_session_timeout=60000",
+                                         # JIT compiles a plan in tens to hundreds of ms: more than any of
+                                         # these statements costs to run
+                                         "-c jit=off") if part)
     conninfo = make_conninfo(
         connect_url(url), connect_timeout=given.get("connect_timeout") or CONNECT_TIMEOUT, options=options,
         application_name=given.get("application_name") or f"dispatch-dashboard {purpose}",
         keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3, tcp_user_timeout=10_000,
     )
-    return psycopg.connect(conninfo, autocommit=True)
+    # Never prepared: a prepared statement keeps a plan made for other values (and for other planner settings,
+    # which the history's searches set per query), and a search's best plan depends on its values.
+    return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
 
 
 class Pool:
