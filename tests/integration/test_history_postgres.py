@@ -15,7 +15,8 @@ import pytest
 from dashboard.model.search import parse_query
 from dashboard.model.state import State
 from dashboard.services.history import HistoryUnavailable, HistoryWriter, WriteBatch, open_store
-from dashboard.services.history.postgres import SCHEMA_VERSION, WRITER_KEY, PostgresHistory, tsvector_text
+from dashboard.services.history.postgres import SCHEMA_VERSION, WRITER_KEY, PostgresHistory
+from dashboard.services.history.postgres_text import tsvector_text
 from tests.unit import test_history_sqlite as same
 from tests.unit.test_history_sqlite import NOW, feed, views
 

@@ -5,10 +5,8 @@ only: the dashboard runs without it when no PostgreSQL is configured).
   "newest first" walks the primary key backwards and each (column, seq) index gives a filtered page in order.
   Text columns searched by value or range (id, name, state, queue, worker) use the "C" collation: id prefixes and
   name globs seek by code point, whatever the database's default collation.
-- Free text: `words`, a tsvector the store writes from model.search.words() (never PostgreSQL's parser), so the
-  words are exactly the ones the in-memory matcher sees; a GIN index; a word is matched as a prefix (`w:*`).
-  Fields: args, kwargs, result and traceback by weight (A, B, C, D); exception's words are stored tagged
-  (`!word`), since there are only four weights. Free text for a word asks `w:* | !w:*`.
+- Free text: `words`, a tsvector the store writes from model.search.words() (never PostgreSQL's parser), with a
+  GIN index (postgres_text.py says how fields and prefixes are encoded).
 - Who writes: `pg_try_advisory_lock` on a connection of its own, held open; the writer's writes go through that
   same connection, so a replica whose session died cannot write any more, and the lock is freed by PostgreSQL
   the moment the session ends (another replica takes over within the writer's ELECT_EVERY).
@@ -21,26 +19,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
-from ...model.search import TaskQuery, glob_to_like, sort_order, words
+from ...model.search import TaskQuery, sort_order
 from ...model.secrets import mask_text
 from ...model.series import MinuteRow, QueueSample
 from ...model.state import TaskView
-from ...model.state.rows import COLUMNS, SEEN, TEXT_COLUMNS, row_view
+from ...model.state.rows import COLUMNS, SEEN, row_view
 from ..broker.urls import shown_url
 from ..pg import MIGRATION_TIMEOUT_MS, Pool, connect, connect_url, migrate
+from .postgres_text import DIALECT, row_tsvector
 from .sqlite import _minute, _minute_row  # one encoding of a minute's histogram for both stores
 from .store import (
     COUNT_CAP,
     PRUNE_BATCH,
     SELECT_COLUMNS,
-    Dialect,
     HistoryStore,
     HistoryUnavailable,
     SearchPage,
@@ -63,11 +60,6 @@ POOL_SIZE: Final = 8  # connections a process opens at most for reads (a request
 #: pg_try_advisory_lock keys: one for the writer, one around migrations ("dd-hist" / "dd-migr" as numbers).
 WRITER_KEY: Final = 0x64642D68697374
 MIGRATE_KEY: Final = 0x64642D6D696772
-#: A tsvector lexeme is at most 2047 bytes; longer words are cut (a search for such a word still finds it).
-MAX_LEXEME_BYTES: Final = 2000
-_WEIGHTS: Final = {"args": (1, "A"), "kwargs": (2, "B"), "result": (3, "C"), "traceback": (5, "D")}
-_TAGGED: Final = {"exception": "!"}
-_EXCEPTION_POSITION: Final = 4
 
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
@@ -134,99 +126,6 @@ _UPSERT_SAMPLE: Final = (
     "INSERT INTO queue_samples (queue, at, depth, consumers) VALUES (%s, %s, %s, %s) "
     "ON CONFLICT (queue, at) DO UPDATE SET depth = excluded.depth, consumers = excluded.consumers"
 )
-
-
-# -- free text: the lexemes a row holds and the tsquery a search asks --------------------------------------------
-
-
-def _lexeme(word: str) -> str:
-    """A word as a quoted tsvector/tsquery lexeme (words are letters and digits: nothing to escape)."""
-    if len(word) > MAX_LEXEME_BYTES // 4:
-        raw = word.encode()
-        if len(raw) > MAX_LEXEME_BYTES:
-            word = raw[:MAX_LEXEME_BYTES].decode(errors="ignore")
-    return f"'{word}'"
-
-
-_WORD: Final = re.compile(r"[^\W_]+")
-_LONG_WORD: Final = MAX_LEXEME_BYTES // 4  # chars: a shorter word fits in MAX_LEXEME_BYTES whatever it holds
-#: (row index, tag, position and weight) of each text column: args/kwargs/result/traceback by weight, exception
-#: by tag (four weights for five fields).
-_ROW_FIELDS: Final = tuple(
-    (COLUMNS.index(field), _TAGGED.get(field, ""),
-     f":{_EXCEPTION_POSITION}" if field in _TAGGED else f":{_WEIGHTS[field][0]}{_WEIGHTS[field][1]}")
-    for field in TEXT_COLUMNS
-)
-
-
-def _words(text: str) -> set[str]:
-    """model.search.words(text), as a set: ASCII text (nearly all of it) takes the short way, whose words are
-    the same (NFKD leaves ASCII alone, and casefold() of ASCII is lower())."""
-    if text.isascii():
-        return set(_WORD.findall(text.lower()))
-    return set(words(text))
-
-
-def row_tsvector(row: Sequence[Any]) -> str:
-    """The `words` of a row (model.state.rows), in tsvector input syntax: each word of args/kwargs/result/
-    traceback at its field's position and weight, each word of exception tagged with "!". A word in several
-    fields is listed once per field: the tsvector input merges its positions."""
-    parts: list[str] = []
-    for index, tag, mark in _ROW_FIELDS:
-        text = row[index]
-        if not text:
-            continue
-        found = _words(text)
-        if len(text) > _LONG_WORD and any(len(word) > _LONG_WORD for word in found):
-            parts += [_lexeme(tag + word) + mark for word in found]
-        else:
-            parts += [f"'{tag}{word}'{mark}" for word in found]
-    return " ".join(parts)
-
-
-def tsvector_text(texts: dict[str, str | None]) -> str:
-    """row_tsvector for the text fields given by name (tests)."""
-    row: list[Any] = [None] * len(COLUMNS)
-    for field, text in texts.items():
-        row[COLUMNS.index(field)] = text
-    return row_tsvector(row)
-
-
-def _word_query(word: str, field: str | None) -> str:
-    if field is None:
-        return f"({_lexeme(word)}:* | {_lexeme(_TAGGED['exception'] + word)}:*)"
-    if field in _TAGGED:
-        return f"{_lexeme(_TAGGED[field] + word)}:*"
-    return f"{_lexeme(word)}:*{_WEIGHTS[field][1]}"
-
-
-def tsquery_text(terms: Sequence[tuple[Sequence[str], str | None]]) -> str:
-    """A tsquery (input syntax) for word lists that must all match as word prefixes, each in its field or in
-    any field."""
-    return " & ".join(_word_query(word, field) for found, field in terms for word in found)
-
-
-class _PostgresDialect(Dialect):
-    param = "%s"
-
-    def glob(self, column: str, pattern: str) -> tuple[str, list[Any]]:
-        return f"{column} LIKE %s", [glob_to_like(pattern)]  # backslash is LIKE's escape character
-
-    def text_match(self, query: TaskQuery) -> tuple[str, list[Any]] | None:
-        clauses: list[str] = []
-        params: list[Any] = []
-        positive = [(term.words, term.field) for term in query.terms if not term.negated]
-        if positive:
-            clauses.append("tasks.words @@ %s::tsquery")
-            params.append(tsquery_text(positive))
-        for term in query.terms:
-            if term.negated:
-                clauses.append("NOT (tasks.words @@ %s::tsquery)")
-                params.append(tsquery_text([(term.words, term.field)]))
-        return (" AND ".join(clauses), params) if clauses else None
-
-
-DIALECT: Final = _PostgresDialect()
 
 
 # -- the writer lock -----------------------------------------------------------------------------------------
