@@ -143,7 +143,7 @@ def build_services(
 
 
 def _actions(config: Config, state: State, routing: RoutingService, inspector: WorkerInspector, control_app: Celery,
-             client: SendOnlyClient, dispatcher: Dispatcher, audit: AuditLog | None,
+             client: SendOnlyClient, dispatcher: Dispatcher, audit: AuditStore | None,
              history: History | None) -> Actions:
     """Task, bulk and worker actions, sharing one bounded control channel."""
     control = Control(control_app, inspector.timeout)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from dashboard.config import load_config
-from dashboard.services.audit import AuditLog, open_audit
+from dashboard.services.audit import ActionEntry, AuditLog, Origin, action_entry, open_audit
 from dashboard.services.audit.postgres import SCHEMA_VERSION, PostgresAuditLog
 from tests.unit import test_audit_log as same
 from tests.unit.test_audit_log import T0, action, entry, populated  # noqa: F401 - `populated` is a fixture
@@ -127,3 +128,24 @@ def test_the_audit_log_follows_a_postgres_history_unless_given() -> None:
     assert shared.audit_path == pg and isinstance(open_audit(pg), PostgresAuditLog)
     assert own.audit_path == "/tmp/a.sqlite3" and isinstance(open_audit(own.audit_path), AuditLog)
     assert local.audit_path == "/tmp/x/dispatch-dashboard/audit.sqlite3"
+
+
+def mentioning(at: float, name: str, task_id: str) -> ActionEntry:
+    return action_entry(Origin("ops", "api", "127.0.0.1"), at, name, task_id, {"task_id": task_id, "new": "x"},
+                        "done")
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_actions_mentioning_a_task_come_newest_first(store: str, postgres_url: str, tmp_path: Path) -> None:
+    log = PostgresAuditLog(postgres_url) if store == "postgres" else AuditLog(tmp_path / "audit.sqlite3")
+    with log:
+        log.record_action(mentioning(T0, "task.redispatch", "3f2a-old"))
+        log.record_action(mentioning(T0 + 1, "task.revoke", "3f2a-old"))
+        log.record_action(mentioning(T0 + 2, "task.redispatch", "other"))
+        log.record_action(mentioning(T0 + 3, "task.redispatch", "3f2a-old"))
+
+        found = log.actions_mentioning(("task.redispatch", "task.bulk_redispatch"), "3f2a-old")
+        none = log.actions_mentioning((), "3f2a-old")
+
+    assert [(entry.at, entry.action) for entry in found] == [(T0 + 3, "task.redispatch"), (T0, "task.redispatch")]
+    assert none == []

@@ -35,8 +35,8 @@ from .store import (
     AuditUnavailable,
 )
 
-__all__ = ["BUSY_TIMEOUT", "DAY", "MAX_DETAIL_CHARS", "MAX_QUERY_LIMIT", "MEMORY", "PRUNE_BATCH", "PRUNE_EVERY", "SCHEMA_VERSION",
-           "AuditLog", "AuditUnavailable"]
+__all__ = ["BUSY_TIMEOUT", "DAY", "MAX_DETAIL_CHARS", "MAX_QUERY_LIMIT", "MEMORY", "PRUNE_BATCH", "PRUNE_EVERY",
+           "SCHEMA_VERSION", "AuditLog", "AuditUnavailable"]
 
 log = logging.getLogger(__name__)
 
