@@ -1,6 +1,6 @@
 """History store benchmark: a store of N tasks (default 1 000 000), then what a user waits for.
 
-Usage: python bench/bench_history.py [--tasks N] [--url sqlite|postgresql://...] [--reps R] [--json FILE]
+Usage: python bench/bench_history.py [--tasks N] [--url sqlite|postgres|postgresql://...] [--reps R] [--json FILE]
 Prints figures only; it asserts nothing (timed assertions do not belong in tests).
 
 - fill: N synthetic tasks (four events each: sent, received, started, succeeded or failed; 50 task names in 10
@@ -13,12 +13,18 @@ Prints figures only; it asserts nothing (timed assertions do not belong in tests
   a full memory (the newest 100 000);
 - memory: the RSS of a process that opens the store and runs every search, with N stored and with 10 000 stored.
 
-The ingest figure (events/s with history on against memory only) comes from bench_ingest.py --history sqlite.
+The ingest figure (events/s with history on against memory only) comes from bench_ingest.py --history sqlite
+(or postgres).
+
+`--url postgres` starts a PostgreSQL server of the bench's own (Debian's binaries, initdb in a temporary directory,
+a free loopback port, durable settings: fsync on, synchronous_commit on) and measures the PostgreSQL store on it;
+a postgresql:// URL measures an existing database (its tables are created, and filled).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
@@ -162,23 +168,47 @@ def rss_after_searches(url: str) -> int:
     return int(out.stdout.strip().splitlines()[-1]) * 1024
 
 
+def vacuum(url: str) -> None:
+    """VACUUM (ANALYZE) the tasks table, as autovacuum does a minute after a large fill."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) tasks")
+
+
+@contextlib.contextmanager
+def own_postgres() -> Iterator[tuple[str, str]]:
+    """A PostgreSQL server of the bench's own (durable, as in production) with two databases: the large store's
+    and the small one's."""
+    from tests.support.postgres_server import durable_server
+
+    with durable_server(extra_databases=("small",)) as server:
+        yield server.url(), server.url("small")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1_000_000)
-    parser.add_argument("--url", default="sqlite", help="sqlite (a temp file) or a postgresql:// URL")
+    parser.add_argument("--url", default="sqlite",
+                        help="sqlite (a temp file), postgres (a server of its own) or a postgresql:// URL")
     parser.add_argument("--reps", type=int, default=40)
     parser.add_argument("--small", type=int, default=10_000, help="the small store of the memory comparison")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.platform(),
                                "cpus": os.cpu_count(), "tasks": args.tasks, "loadavg": os.getloadavg()}
-    with tempfile.TemporaryDirectory(prefix="bench-history-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="bench-history-") as workdir, contextlib.ExitStack() as stack:
         url = str(Path(workdir) / "history.sqlite3") if args.url == "sqlite" else args.url
         small_url = str(Path(workdir) / "small.sqlite3") if args.url == "sqlite" else None
+        if args.url == "postgres":
+            url, small_url = stack.enter_context(own_postgres())
+            results["postgres"] = "its own server, durable settings"
         store = open_store(url)
         print(f"filling {args.tasks:,} tasks into {store.shown}", flush=True)
         results["fill_tasks_per_s"] = fill(store, args.tasks)
         store.prune(None, None)  # PRAGMA optimize / ANALYZE, as the writer's hourly pass does
+        if store.kind == "postgresql":  # the steady state autovacuum keeps (a visibility map, a merged GIN list)
+            vacuum(url)
         info = store.info()
         results["bytes_per_task"] = info.bytes / info.tasks if info.bytes and info.tasks else None
         results["searches"] = searches(store, args.reps)

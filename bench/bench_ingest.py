@@ -835,6 +835,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(redis_client.close)
         results["versions"]["redis-server"] = redis_server.version or "?"
         history = {"off": "", "sqlite": str(workdir / "history.sqlite3")}.get(args.history, args.history)
+        if args.history == "postgres":  # a server of the bench's own, durable
+            from tests.support.postgres_server import durable_server
+
+            history = stack.enter_context(durable_server()).url()
         dash = Dashboard(redis_server.url(0), args.max_tasks, workdir, args.server, args.switch_interval,
                          args.gc_log, history=history)
         results["history"] = args.history
@@ -1078,7 +1082,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gc-log", action="store_true",
                         help="diagnosis: log the dashboard's garbage-collector pauses and report them")
     parser.add_argument("--history", default="off",
-                        help="off (default), sqlite (a file in the bench's temp dir) or a [history] url")
+                        help="off (default), sqlite (a file in the bench's temp dir), postgres (a server of its "
+                             "own) or a [history] url")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--keep-logs", action="store_true", help="keep the dashboard's and Redis's logs")
     args = parser.parse_args(argv)

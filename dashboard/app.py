@@ -20,7 +20,7 @@ from .model.state import State
 from .resources import resource_dir
 from .services.actions import Actions, BulkActions, Control, TaskActions, WorkerControl, state_selector
 from .services.alert_marks import AlertMarks
-from .services.audit import DAY, PRUNE_EVERY, AuditLog
+from .services.audit import DAY, PRUNE_EVERY, AuditStore, open_audit
 from .services.broker import BrokerInspector, QueueBrowser, broker_inspector, queue_browser
 from .services.client import ClientSettings, SendOnlyClient
 from .services.container import Services
@@ -52,7 +52,7 @@ FROM_CONFIG: Final = _FromConfig()
 
 
 def create_app(config: Config | None = None, *, client: SendOnlyClient | None = None,
-               audit: AuditLog | None | _FromConfig = FROM_CONFIG, live: bool = True) -> Flask:
+               audit: AuditStore | None | _FromConfig = FROM_CONFIG, live: bool = True) -> Flask:
     """The Flask app for `config` (else $DASHBOARD_CONFIG); connects to nothing until used. `client` and `audit`
     replace the ones the config describes (tests, `celery dashboard` with the user's own app).
 
@@ -88,7 +88,7 @@ def build_services(
     config: Config,
     *,
     client: SendOnlyClient | None = None,
-    audit: AuditLog | None | _FromConfig = FROM_CONFIG,
+    audit: AuditStore | None | _FromConfig = FROM_CONFIG,
     live: bool = True,
     listener_app: Celery | None = None,
     control_app: Celery | None = None,
@@ -118,8 +118,9 @@ def build_services(
     results = client.result_state if settings.result_backend else None
     resync = Resync(sink, stream, inspector, results)
     if isinstance(audit, _FromConfig):
-        audit = AuditLog(config.audit_path) if config.audit_path else None  # opened on the first dispatch
-        log.info("audit log: %s", config.audit_path or "off")
+        # A SQLite file, or PostgreSQL (shared by replicas); opened on the first use.
+        audit = open_audit(config.audit_path) if config.audit_path else None
+        log.info("audit log: %s", audit.shown if audit is not None else "off")
     job_list = [*routing.jobs(), resync.job(), marks.job()]
     if history is not None:
         job_list.append(history.writer.sampling_job(lambda: _queue_samples(routing, clock()),
@@ -142,7 +143,7 @@ def build_services(
 
 
 def _actions(config: Config, state: State, routing: RoutingService, inspector: WorkerInspector, control_app: Celery,
-             client: SendOnlyClient, dispatcher: Dispatcher, audit: AuditLog | None,
+             client: SendOnlyClient, dispatcher: Dispatcher, audit: AuditStore | None,
              history: History | None) -> Actions:
     """Task, bulk and worker actions, sharing one bounded control channel."""
     control = Control(control_app, inspector.timeout)
@@ -200,7 +201,7 @@ def _queues(settings: ClientSettings, routing: RoutingService, state: State, cli
     return QueueService(browser, routing, state, client, unavailable=unavailable)
 
 
-def _audit_retention(audit: AuditLog, days: float) -> Job:
+def _audit_retention(audit: AuditStore, days: float) -> Job:
     """Delete audit entries older than `days`, soon after start and hourly."""
 
     def prune() -> None:

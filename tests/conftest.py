@@ -15,6 +15,7 @@ import pytest
 from celery import Celery
 
 from dashboard.services.processes import CeleryWorker, ProcessError, RedisServer
+from tests.support.postgres_server import PostgresServer
 from tests.support.processes import started
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # where `worker_stub` lives, importable without installing
@@ -39,6 +40,29 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     directory = tmp_path_factory.mktemp("redis")
     with started(RedisServer(directory=directory, log_path=directory / "redis.log")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of our own (initdb in a temporary directory, a free loopback port), never the
+    machine's; one per session, a fresh database per test (`postgres_url`)."""
+    with started(PostgresServer()) as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    import psycopg
+
+    name = f"test_{next(_databases)}"
+    with psycopg.connect(postgres_server.url("postgres"), autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.url(name)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from ..config import Config
 from ..model.state import State
 from .actions import Actions
 from .alert_marks import AlertMarks
-from .audit import AuditLog
+from .audit import AuditStore
 from .client import SendOnlyClient
 from .dispatch import Dispatcher
 from .events.hub import Hub
@@ -37,7 +37,7 @@ class Services:
     routing: RoutingService
     resync: Resync
     stats: TaskStats
-    audit: AuditLog | None
+    audit: AuditStore | None
     dispatcher: Dispatcher
     revocations: SessionRevocations
     rendered: RenderCache  # task messages and rows, shared by the websockets

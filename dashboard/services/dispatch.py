@@ -11,7 +11,7 @@ from celery.utils.saferepr import saferepr
 
 from ..exceptions import DispatchRefused
 from ..model.dispatch import DispatchRequest, outcome_of
-from .audit import AuditLog, DispatchAttempt, Origin
+from .audit import AuditStore, DispatchAttempt, Origin
 from .client import SendOnlyClient, SentTask
 from .events.sink import EventSink
 from .events.stats import TaskStats
@@ -24,7 +24,7 @@ SENDER = "dispatch-dashboard"  # the hostname of the task-sent records this dash
 class Dispatcher:
     """Publishes checked dispatch requests through the send-only client."""
 
-    def __init__(self, client: SendOnlyClient, routing: RoutingService, audit: AuditLog | None,
+    def __init__(self, client: SendOnlyClient, routing: RoutingService, audit: AuditStore | None,
                  stats: TaskStats, sink: EventSink) -> None:
         self.client = client
         self.routing = routing

@@ -23,7 +23,7 @@ from ..services.audit import (
     ActionEntry,
     ActionOutcome,
     AuditEntry,
-    AuditLog,
+    AuditStore,
     AuditUnavailable,
     Origin,
     Source,
@@ -108,7 +108,7 @@ def _time_arg(args: Mapping[str, str], key: str) -> float | None:
     return value
 
 
-def audit_log() -> AuditLog | None:
+def audit_log() -> AuditStore | None:
     """The current app's audit log, or None when auditing is off."""
     return services().audit
 
@@ -190,7 +190,7 @@ def _form_fields(form: Mapping[str, Any]) -> tuple[str, str, str, str, bool]:
     return str(form.get("name", "")).strip(), args, kwargs, json_text(options), forced
 
 
-def _query(audit: AuditLog, filters: AuditFilters) -> tuple[list[AuditEntry], int]:
+def _query(audit: AuditStore, filters: AuditFilters) -> tuple[list[AuditEntry], int]:
     return audit.query(name=filters.name, outcome=filters.outcome, who=filters.who, queue=filters.queue,
                        task_id=filters.task_id, since=filters.since, until=filters.until, limit=filters.limit,
                        offset=filters.offset)

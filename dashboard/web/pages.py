@@ -40,7 +40,9 @@ def _connection() -> dict[str, Any]:
     svc = services()
     monitor = svc.monitor
     return {"stream": monitor.status, "gaps": monitor.gaps, "gaps_total": monitor.gaps_total,
-            **views.banner_context(svc)}
+            **views.banner_context(svc),
+            # the indicator's "history degraded" note, in the page as served (the socket pushes it after)
+            "history": svc.history.status() if svc.history is not None else None}
 
 
 @bp.app_template_filter("clock")

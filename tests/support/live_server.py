@@ -180,6 +180,8 @@ def start_live_server(
     child_env["DASHBOARD_AUDIT_PATH"] = str(directory / f"{name}-audit.sqlite3")  # never the user's own state
     child_env["DASHBOARD_HISTORY_URL"] = str(directory / f"{name}-history.sqlite3")
     child_env.update(env or {})
+    if child_env["DASHBOARD_HISTORY_URL"].startswith("postgres") and "DASHBOARD_AUDIT_PATH" not in (env or {}):
+        del child_env["DASHBOARD_AUDIT_PATH"]  # history in PostgreSQL: the audit log goes there too (the rule)
     for attempt in range(1, PORT_ATTEMPTS + 1):
         port = free_port(HOST)
         argv = [*dashboard_command(), "serve", "--config", str(config_path), "--host", HOST, "--port", str(port)]

@@ -39,6 +39,7 @@ from dashboard.services.audit import (
     request_entry,
 )
 from dashboard.services.audit import log as audit_module
+from dashboard.services.audit import store as audit_store
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_900_000_000.0  # 2030-03-17: a fixed clock, so ordering and `since`/`until` are exact
@@ -367,7 +368,7 @@ def test_prune_removes_only_the_entries_recorded_before_the_cutoff(db_path: Path
 
 
 def test_prune_works_through_a_large_backlog_in_batches(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit_module, "PRUNE_BATCH", 7)
+    monkeypatch.setattr(audit_store, "PRUNE_BATCH", 7)  # the batch every audit log prunes by
     with AuditLog(db_path) as audit:
         for i in range(30):
             audit.record(entry(at=T0 + i))

@@ -32,7 +32,7 @@ from ...model.actions import (
 from ...model.search import SearchError, fold_filters, parse_query
 from ...model.secrets import reason
 from ...model.state import State, TaskView
-from ..audit import AuditLog, Origin, action_entry
+from ..audit import AuditStore, Origin, action_entry
 from ..history import History, HistoryUnavailable
 from ..inspection import NoReply
 from .control import Control, answer_text
@@ -161,7 +161,7 @@ class BulkJob:
 class BulkActions:
     """Previews and runs bulk revokes and dispatches again."""
 
-    def __init__(self, select: TaskSelector, tasks: TaskActions, control: Control, audit: AuditLog | None,
+    def __init__(self, select: TaskSelector, tasks: TaskActions, control: Control, audit: AuditStore | None,
                  limit: int, clock: Callable[[], float] = time.time) -> None:
         self.select = select
         self.tasks = tasks

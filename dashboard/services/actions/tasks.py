@@ -30,7 +30,7 @@ from ...model.catalog import Catalog
 from ...model.dispatch import DispatchInvalid, parse_api_body
 from ...model.secrets import reason
 from ...model.state import State, TaskView
-from ..audit import AuditLog, AuditUnavailable, Origin
+from ..audit import AuditStore, AuditUnavailable, Origin
 from ..client import BROKER_ERRORS, SendOnlyClient, SentTask
 from ..dispatch import Dispatcher
 from ..inspection import NoReply
@@ -75,7 +75,7 @@ class TaskActions:
     """Revoke, dispatch again, and the arguments of a call, for one task at a time."""
 
     def __init__(self, state: State, routing: RoutingService, control: Control, client: SendOnlyClient,
-                 dispatcher: Dispatcher, audit: AuditLog | None, catalog: Catalog,
+                 dispatcher: Dispatcher, audit: AuditStore | None, catalog: Catalog,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.state = state
         self.routing = routing

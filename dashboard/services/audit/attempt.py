@@ -10,7 +10,7 @@ from types import TracebackType
 from ...exceptions import DispatchRefused
 from ...model.dispatch import DispatchRequest, outcome_of
 from .entries import AuditEntry, Origin, error_text, request_entry
-from .log import AuditLog
+from .store import AuditStore
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class DispatchAttempt:
 
     def __init__(
         self,
-        audit: AuditLog | None,
+        audit: AuditStore | None,
         request: DispatchRequest,
         origin: Origin,
         *,

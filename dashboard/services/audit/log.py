@@ -1,4 +1,5 @@
-"""The dispatch audit log: every attempt, sent or not, written durably to SQLite. No Flask here.
+"""The SQLite audit log (the default; store.py has what every audit log does, postgres.py the shared one for
+replicas): every attempt, sent or not, written durably. No Flask here.
 
 One connection per log, guarded by a lock (`check_same_thread=False`): SQLite serialises writers anyway, one
 connection is one file handle however many server threads there are, and `close()` really closes it. Other
@@ -19,26 +20,28 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from ...exceptions import DashboardError
-from ...model.dispatch import OUTCOMES
 from ...model.secrets import mask_text
-from .entries import ActionEntry, ActionOutcome, AuditEntry, Outcome, Source, capped
+from .store import (
+    DAY,
+    MAX_DETAIL_CHARS,
+    MAX_QUERY_LIMIT,
+    PRUNE_BATCH,
+    PRUNE_EVERY,
+    AuditStore,
+    AuditUnavailable,
+)
+
+__all__ = ["BUSY_TIMEOUT", "DAY", "MAX_DETAIL_CHARS", "MAX_QUERY_LIMIT", "MEMORY", "PRUNE_BATCH", "PRUNE_EVERY",
+           "SCHEMA_VERSION", "AuditLog", "AuditUnavailable"]
 
 log = logging.getLogger(__name__)
 
 MEMORY: Final = ":memory:"  # a private in-memory database (tests)
-MAX_QUERY_LIMIT: Final = 1000
-MAX_DETAIL_CHARS: Final = 1024 * 1024  # an action's detail: a bulk action lists every task's outcome
 BUSY_TIMEOUT: Final = 5.0  # seconds a write waits for another process's lock (fsyncs are slow under load)
-PRUNE_BATCH: Final = 5_000  # rows deleted per statement, so that a large prune never holds the lock for long
-PRUNE_EVERY: Final = 3600.0  # seconds between retention passes
-DAY: Final = 86_400.0
 
 # Schema migrations: _MIGRATIONS[n] takes user_version n to n + 1. Append; never edit a released step.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -85,268 +88,52 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
-_COLUMNS: Final = ("id", "at", "who", "source", "remote_addr", "name", "args", "kwargs", "options", "queue",
-                   "forced", "outcome", "task_id", "error")
-_INSERT: Final = f"INSERT INTO dispatches ({', '.join(_COLUMNS[1:])}) VALUES ({', '.join('?' * len(_COLUMNS[1:]))})"
-_SELECT: Final = f"SELECT {', '.join(_COLUMNS)} FROM dispatches"
-_ACTION_COLUMNS: Final = ("id", "at", "who", "source", "remote_addr", "action", "target", "detail", "outcome",
-                          "error")
-_INSERT_ACTION: Final = (f"INSERT INTO actions ({', '.join(_ACTION_COLUMNS[1:])}) "
-                         f"VALUES ({', '.join('?' * len(_ACTION_COLUMNS[1:]))})")
-_SELECT_ACTIONS: Final = f"SELECT {', '.join(_ACTION_COLUMNS)} FROM actions"
 
-
-class AuditUnavailable(DashboardError):
-    """The audit log cannot be opened or read (the message names the file and why)."""
-
-
-def _optional(text: str | None) -> str | None:
-    return None if text is None else capped(text)
-
-
-def _row(entry: AuditEntry) -> tuple[Any, ...]:
-    """The INSERT parameters: every text capped, whatever the caller put in."""
-    return (
-        float(entry.at),
-        capped(entry.who),
-        capped(entry.source),
-        _optional(entry.remote_addr),
-        capped(entry.name),
-        capped(entry.args),
-        capped(entry.kwargs),
-        capped(entry.options),
-        _optional(entry.queue),
-        1 if entry.forced else 0,
-        capped(entry.outcome),
-        _optional(entry.task_id),
-        _optional(entry.error),
-    )
-
-
-def _entry(row: tuple[Any, ...]) -> AuditEntry:
-    (id_, at, who, source, remote_addr, name, args, kwargs, options, queue, forced, outcome, task_id, error) = row
-    return AuditEntry(
-        at=float(at), who=who, source=cast(Source, source), remote_addr=remote_addr, name=name, args=args,
-        kwargs=kwargs, options=options, queue=queue, forced=bool(forced), outcome=cast(Outcome, outcome),
-        task_id=task_id, error=error, id=int(id_),
-    )
-
-
-def _action_row(entry: ActionEntry) -> tuple[Any, ...]:
-    return (float(entry.at), capped(entry.who), capped(entry.source), _optional(entry.remote_addr),
-            capped(entry.action), capped(entry.target), capped(entry.detail, MAX_DETAIL_CHARS), capped(entry.outcome),
-            _optional(entry.error))
-
-
-def _action(row: tuple[Any, ...]) -> ActionEntry:
-    id_, at, who, source, remote_addr, action, target, detail, outcome, error = row
-    return ActionEntry(at=float(at), who=who, source=cast(Source, source), remote_addr=remote_addr, action=action,
-                       target=target, detail=detail, outcome=cast(ActionOutcome, outcome), error=error,
-                       id=int(id_))
-
-
-class AuditLog:
+class AuditLog(AuditStore):
     """The SQLite audit log at `path` (":memory:" for a private in-memory one); opened on first use."""
 
+    errors = (sqlite3.Error,)
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
         self.path = os.fspath(path)
-        self._lock = threading.Lock()
+        self.shown = self.path
         self._conn: sqlite3.Connection | None = None
         self._closed = False
-        self._write_errors = 0
-
-    @property
-    def write_errors(self) -> int:
-        """How many entries could not be written since this log was created."""
-        return self._write_errors
 
     def __enter__(self) -> AuditLog:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _insert(self, table: str, columns: tuple[str, ...], row: tuple[Any, ...]) -> int | None:
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        with self._lock:
+            return self._connection().execute(sql, row).lastrowid
 
-    def record(self, entry: AuditEntry) -> int | None:
-        """Write one entry and return its id; on failure log it, count it and return None (never raises)."""
-        try:
-            row = _row(entry)
-            with self._lock:
-                cursor = self._connection().execute(_INSERT, row)
-                return cursor.lastrowid
-        except (AuditUnavailable, sqlite3.Error, OSError) as exc:
-            count = self._count_failure()
-            log.error("audit: could not record the %s dispatch of %r at %.3f by %s (%d failed so far): %s",
-                      entry.outcome, entry.name[:200], entry.at, entry.who[:200], count, mask_text(str(exc)))
-        except Exception:  # a bug here must not fail the dispatch either; the traceback goes to the log
-            count = self._count_failure()
-            log.exception("audit: could not record the %s dispatch of %r (%d failed so far)",
-                          entry.outcome, entry.name[:200], count)
-        return None
+    def _page(self, table: str, columns: tuple[str, ...], where: str, params: list[Any], limit: int,
+              offset: int) -> tuple[list[tuple[Any, ...]], int]:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN")  # one read snapshot for the count and the page
+            try:
+                total = int(conn.execute(f"SELECT count(*) FROM {table}{where}", params).fetchone()[0])
+                rows = conn.execute(f"SELECT {', '.join(columns)} FROM {table}{where} "
+                                    "ORDER BY at DESC, id DESC LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return [tuple(row) for row in rows], total
 
-    def record_action(self, entry: ActionEntry) -> int | None:
-        """Write one operator action and return its id; on failure log it, count it and return None (never
-        raises: the action already happened, or was refused, whatever the log can do)."""
-        try:
-            row = _action_row(entry)
-            with self._lock:
-                return self._connection().execute(_INSERT_ACTION, row).lastrowid
-        except (AuditUnavailable, sqlite3.Error, OSError) as exc:
-            count = self._count_failure()
-            log.error("audit: could not record the action %s on %r (%s) by %s (%d failed so far): %s",
-                      entry.action[:100], entry.target[:200], entry.outcome, entry.who[:200], count,
-                      mask_text(str(exc)))
-        except Exception:
-            count = self._count_failure()
-            log.exception("audit: could not record the action %s (%d failed so far)", entry.action[:100], count)
-        return None
+    def _select(self, table: str, columns: tuple[str, ...], where: str, params: list[Any],
+                limit: int) -> list[tuple[Any, ...]]:
+        with self._lock:
+            rows = self._connection().execute(f"SELECT {', '.join(columns)} FROM {table}{where} "
+                                              "ORDER BY at DESC, id DESC LIMIT ?", [*params, limit]).fetchall()
+        return [tuple(row) for row in rows]
 
-    def actions(
-        self,
-        action: str | None = None,
-        target: str | None = None,
-        who: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> tuple[list[ActionEntry], int]:
-        """Operator actions matching every given filter (exact values; `action` may end in ".*" for a family,
-        like "queue.*"), newest first, and their total. ValueError / AuditUnavailable as `query`."""
-        if not 1 <= limit <= MAX_QUERY_LIMIT:
-            raise ValueError(f"limit must be between 1 and {MAX_QUERY_LIMIT}")
-        if offset < 0:
-            raise ValueError("offset must not be negative")
-        clauses: list[str] = []
-        params: list[Any] = []
-        if action is not None and action.endswith(".*"):
-            clauses.append("substr(action, 1, ?) = ?")
-            params += [len(action) - 1, capped(action[:-1])]
-        elif action is not None:
-            clauses.append("action = ?")
-            params.append(capped(action))
-        for column, value in (("target", target), ("who", who)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(capped(value))
-        if since is not None:
-            clauses.append("at >= ?")
-            params.append(float(since))
-        if until is not None:
-            clauses.append("at < ?")
-            params.append(float(until))
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        try:
-            with self._lock:
-                conn = self._connection()
-                conn.execute("BEGIN")
-                try:
-                    total = int(conn.execute(f"SELECT count(*) FROM actions{where}", params).fetchone()[0])
-                    rows = conn.execute(f"{_SELECT_ACTIONS}{where} ORDER BY at DESC, id DESC LIMIT ? OFFSET ?",
-                                        [*params, limit, offset]).fetchall()
-                finally:
-                    conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be read: {exc}")) from None
-        return [_action(tuple(row)) for row in rows], total
-
-    def actions_mentioning(self, actions: tuple[str, ...], text: str, limit: int = 100) -> list[ActionEntry]:
-        """The newest of `actions` whose detail holds `text` (a task id, say), newest first. AuditUnavailable when
-        the log cannot be read."""
-        if not actions:
-            return []
-        marks = ", ".join("?" * len(actions))
-        try:
-            with self._lock:
-                rows = self._connection().execute(
-                    f"{_SELECT_ACTIONS} WHERE action IN ({marks}) AND instr(detail, ?) > 0 "
-                    "ORDER BY at DESC, id DESC LIMIT ?", (*actions, text, limit),
-                ).fetchall()
-        except sqlite3.Error as exc:
-            raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be read: {exc}")) from None
-        return [_action(tuple(row)) for row in rows]
-
-    def count_failure(self) -> int:
-        """Count an entry that never reached `record` (it could not be built); the new total."""
-        return self._count_failure()
-
-    def query(
-        self,
-        name: str | None = None,
-        outcome: str | None = None,
-        who: str | None = None,
-        queue: str | None = None,
-        task_id: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> tuple[list[AuditEntry], int]:
-        """Entries matching every given filter (exact values; since <= at < until), newest first, and their total.
-
-        Raises ValueError for an unknown outcome or a limit/offset out of range, AuditUnavailable when the log
-        cannot be read.
-        """
-        if outcome is not None and outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
-        if not 1 <= limit <= MAX_QUERY_LIMIT:
-            raise ValueError(f"limit must be between 1 and {MAX_QUERY_LIMIT}")
-        if offset < 0:
-            raise ValueError("offset must not be negative")
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (("name", name), ("outcome", outcome), ("who", who), ("queue", queue),
-                              ("task_id", task_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")  # column names are ours; values are always bound parameters
-                params.append(capped(value))
-        if since is not None:
-            clauses.append("at >= ?")
-            params.append(float(since))
-        if until is not None:
-            clauses.append("at < ?")
-            params.append(float(until))
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        try:
-            with self._lock:
-                conn = self._connection()
-                conn.execute("BEGIN")  # one read snapshot for the count and the page
-                try:
-                    total = int(conn.execute(f"SELECT count(*) FROM dispatches{where}", params).fetchone()[0])
-                    rows = conn.execute(f"{_SELECT}{where} ORDER BY at DESC, id DESC LIMIT ? OFFSET ?",
-                                        [*params, limit, offset]).fetchall()
-                finally:
-                    conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise AuditUnavailable(mask_text(f"the audit log {self.path} could not be read: {exc}")) from None
-        return [_entry(tuple(row)) for row in rows], total
-
-    def prune(self, older_than: float) -> int:
-        """Delete the entries recorded before `older_than` (epoch seconds); how many went (never raises).
-
-        In batches, each its own transaction: dispatches going on meanwhile wait for one batch at most.
-        """
-        removed = 0
-        try:
-            while True:
-                with self._lock:
-                    conn = self._connection()
-                    cursor = conn.execute(
-                        "DELETE FROM dispatches WHERE id IN (SELECT id FROM dispatches WHERE at < ? LIMIT ?)",
-                        (float(older_than), PRUNE_BATCH),
-                    )
-                    acted = conn.execute(
-                        "DELETE FROM actions WHERE id IN (SELECT id FROM actions WHERE at < ? LIMIT ?)",
-                        (float(older_than), PRUNE_BATCH),
-                    )
-                removed += max(cursor.rowcount, 0) + max(acted.rowcount, 0)
-                if cursor.rowcount < PRUNE_BATCH and acted.rowcount < PRUNE_BATCH:
-                    break
-        except (AuditUnavailable, sqlite3.Error, OSError) as exc:
-            log.error("audit: pruning %s failed after %d entries: %s", self.path, removed, mask_text(str(exc)))
-        if removed:
-            log.info("audit: removed %d entries recorded before %s (retention)", removed,
-                     datetime.fromtimestamp(older_than, UTC).isoformat(timespec="seconds"))
-        return removed
+    def _delete_batch(self, table: str, older_than: float, batch: int) -> int:
+        with self._lock:
+            cursor = self._connection().execute(
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE at < ? LIMIT ?)", (older_than, batch))
+        return max(cursor.rowcount, 0)
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL); later writes are counted as failed, reads raise."""
@@ -358,11 +145,6 @@ class AuditLog:
                 conn.close()
             except sqlite3.Error as exc:
                 log.warning("audit: closing %s: %s", self.path, exc)
-
-    def _count_failure(self) -> int:
-        with self._lock:
-            self._write_errors += 1
-            return self._write_errors
 
     def _connection(self) -> sqlite3.Connection:
         """The open connection (the caller holds the lock); opened, and the schema brought up to date, once."""

@@ -36,7 +36,9 @@ def open_store(url: str) -> HistoryStore:
     """The store a `[history] url` names: a SQLite file (a path, or sqlite:///path) or a PostgreSQL URL.
     Nothing is opened yet; ConfigError for a URL of another kind."""
     if url.startswith(POSTGRES_SCHEMES):
-        raise ConfigError("[history] url: PostgreSQL history is not available in this build yet")
+        from .postgres import PostgresHistory  # psycopg is imported there only
+
+        return PostgresHistory(url)
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
