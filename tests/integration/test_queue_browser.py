@@ -46,8 +46,29 @@ RUN_DEADLINE = 20.0
 LAYOUT = KombuRedisLayout()
 
 
+_CREATED: list[str] = []  # every queue name a test made up: its keys are deleted after the test
+
+
 def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    _CREATED.append(name)
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _clean_up(broker_url: str) -> Iterator[None]:
+    """Delete what each test stranded in the session's Redis (lists and bindings): an orphaned queue left behind
+    would raise alerts in every later test of the session."""
+    yield
+    connection = redis.Redis.from_url(broker_url)
+    try:
+        while _CREATED:
+            name = _CREATED.pop()
+            keys = list(connection.scan_iter(match=f"*{name}*", count=1000))
+            if keys:
+                connection.delete(*keys)
+    finally:
+        connection.close()
 
 
 @dataclass
@@ -71,8 +92,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(broker_url: str, backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     directory = tmp_path_factory.mktemp("queue-browser")
-    target = unique("rescue-target")
-    worker = CeleryWorker(broker_url, backend_url=backend_url, name=unique("rescuer"), queues=(target,),
+    target = f"rescue-target-{uuid.uuid4().hex[:8]}"  # the module's: not cleaned up after each test
+    worker = CeleryWorker(broker_url, backend_url=backend_url, name=f"rescuer-{uuid.uuid4().hex[:8]}", queues=(target,),
                           log_path=directory / "worker.log", cwd=REPO_ROOT, pythonpath=[REPO_ROOT])
     client = Celery("queue-browser-test", broker=broker_url, set_as_current=False)
     client.conf.update(broker_connection_retry_on_startup=False, task_send_sent_event=True)
