@@ -457,3 +457,18 @@ def test_a_global_keyprefix_is_honoured(broker_url: str) -> None:
     assert [m["id"] for m in peeked["messages"]] == sent and peeked["depth"] == 2
     assert moved["moved"] == 2
     assert keys == {f"tenant-a:{parking}", f"tenant-a:{parking}\x06\x169"}
+
+
+def test_the_alerts_link_to_the_queue_page() -> None:
+    # An unregistered name that was sent: its alert links to the queue the API sends it to (no broker needed).
+    app = create_app(config_from_mapping({"broker_url": "redis://127.0.0.1:1/0", "audit": {"path": ""},
+                                          "monitor": {"alert_grace": 0}}), live=False)
+    try:
+        svc = services(app)
+        svc.routing.inspected_at = 1.0  # as if the workers had been asked (there are none)
+        svc.routing.note_event({"type": "task-sent", "name": "billing.typo", "uuid": "t1"})
+        svc.routing.run_comparison()
+        page = app.test_client().get("/alerts").get_data(as_text=True)
+    finally:
+        services(app).close()
+    assert 'data-kind="unregistered_task"' in page and '<a class="browse" href="/queues/celery">' in page
