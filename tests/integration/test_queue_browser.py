@@ -46,8 +46,29 @@ RUN_DEADLINE = 20.0
 LAYOUT = KombuRedisLayout()
 
 
+_CREATED: list[str] = []  # every queue name a test made up: its keys are deleted after the test
+
+
 def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    _CREATED.append(name)
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _clean_up(broker_url: str) -> Iterator[None]:
+    """Delete what each test stranded in the session's Redis (lists and bindings): an orphaned queue left behind
+    would raise alerts in every later test of the session."""
+    yield
+    connection = redis.Redis.from_url(broker_url)
+    try:
+        while _CREATED:
+            name = _CREATED.pop()
+            keys = list(connection.scan_iter(match=f"*{name}*", count=1000))
+            if keys:
+                connection.delete(*keys)
+    finally:
+        connection.close()
 
 
 @dataclass
@@ -71,8 +92,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(broker_url: str, backend_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     directory = tmp_path_factory.mktemp("queue-browser")
-    target = unique("rescue-target")
-    worker = CeleryWorker(broker_url, backend_url=backend_url, name=unique("rescuer"), queues=(target,),
+    target = f"rescue-target-{uuid.uuid4().hex[:8]}"  # the module's: not cleaned up after each test
+    worker = CeleryWorker(broker_url, backend_url=backend_url, name=f"rescuer-{uuid.uuid4().hex[:8]}", queues=(target,),
                           log_path=directory / "worker.log", cwd=REPO_ROOT, pythonpath=[REPO_ROOT])
     client = Celery("queue-browser-test", broker=broker_url, set_as_current=False)
     client.conf.update(broker_connection_retry_on_startup=False, task_send_sent_event=True)
@@ -436,3 +457,18 @@ def test_a_global_keyprefix_is_honoured(broker_url: str) -> None:
     assert [m["id"] for m in peeked["messages"]] == sent and peeked["depth"] == 2
     assert moved["moved"] == 2
     assert keys == {f"tenant-a:{parking}", f"tenant-a:{parking}\x06\x169"}
+
+
+def test_the_alerts_link_to_the_queue_page() -> None:
+    # An unregistered name that was sent: its alert links to the queue the API sends it to (no broker needed).
+    app = create_app(config_from_mapping({"broker_url": "redis://127.0.0.1:1/0", "audit": {"path": ""},
+                                          "monitor": {"alert_grace": 0}}), live=False)
+    try:
+        svc = services(app)
+        svc.routing.inspected_at = 1.0  # as if the workers had been asked (there are none)
+        svc.routing.note_event({"type": "task-sent", "name": "billing.typo", "uuid": "t1"})
+        svc.routing.run_comparison()
+        page = app.test_client().get("/alerts").get_data(as_text=True)
+    finally:
+        services(app).close()
+    assert 'data-kind="unregistered_task"' in page and '<a class="browse" href="/queues/celery">' in page
