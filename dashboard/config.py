@@ -87,7 +87,7 @@ class HistorySettings:
     url: str = ""  # a SQLite file (path or sqlite:///path) or postgresql://...; "": history off
     retention_days: float | None = 30.0  # tasks first seen longer ago are deleted; None: kept for ever
     max_tasks: int | None = 1_000_000  # at most this many tasks are kept (the oldest go first); None: no cap
-    flush_interval: float = 0.25  # seconds between group commits
+    flush_interval: float = 1.0  # seconds between group commits
 
     @property
     def enabled(self) -> bool:

@@ -23,6 +23,13 @@ UNFURL = "worker.tasks.link.unfurl"
 FAIL = "worker.tasks.demo.fail"
 
 
+def written(server: LiveServer, task_id: str) -> bool:
+    """The task's final state is in history: nothing waits for a group commit, and the store has it."""
+    history = request(server, "GET", "/api/status").json()["history"]
+    return bool(history["pending"] == 0 and history["written"] and
+                request(server, "GET", f"/api/tasks?q=id:{task_id}").json()["total"] == 1)
+
+
 def ready(server: LiveServer) -> None:
     wait_until(lambda: request(server, "GET", "/readyz").status == 200, 10.0, "/readyz 200", server)
 
@@ -78,7 +85,7 @@ def test_the_tasks_page_shows_the_same_tasks_after_a_restart(
     open_live(page, f"{before.url}/tasks")
     expect(page.locator(f'#task-table tr[data-task-id="{sent["task_id"]}"]')).to_have_attribute(
         "data-state", "FAILURE", timeout=RUN_MS)
-    page.wait_for_timeout(500)  # two group commits (flush_interval 0.25 s) before the stop
+    wait_until(lambda: written(before, sent["task_id"]), 10.0, "the failure written to history", before)
     before.stop()
 
     after = start_dashboard(dashboard_config_for(), name="after-restart", env=env)

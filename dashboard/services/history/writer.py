@@ -74,7 +74,7 @@ class HistoryWriter:
         store: HistoryStore,
         state: State,
         *,
-        flush_interval: float = 0.25,
+        flush_interval: float = 1.0,
         max_pending: int = 200_000,
         retention_days: float | None = None,
         max_tasks: int | None = None,
