@@ -49,11 +49,7 @@ class AuditEntry:
     @property
     def time_iso(self) -> str:
         """`at` as ISO 8601 UTC with milliseconds, like 2030-01-31T12:00:00.000Z."""
-        try:
-            when = datetime.fromtimestamp(self.at, UTC)
-        except (OverflowError, OSError, ValueError):
-            return "?"
-        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_time(self.at)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -99,12 +95,8 @@ class ActionEntry:
 
     @property
     def time_iso(self) -> str:
-        """`at` as ISO 8601 UTC with milliseconds."""
-        try:
-            when = datetime.fromtimestamp(self.at, UTC)
-        except (OverflowError, OSError, ValueError):
-            return "?"
-        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        """`at` as ISO 8601 UTC with milliseconds, like 2030-01-31T12:00:00.000Z."""
+        return iso_time(self.at)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -113,6 +105,15 @@ class ActionEntry:
             "remote_addr": self.remote_addr, "action": self.action, "target": self.target, "detail": self.detail,
             "outcome": self.outcome, "error": self.error,
         }
+
+
+def iso_time(at: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds ("?" for a time no date can hold)."""
+    try:
+        when = datetime.fromtimestamp(at, UTC)
+    except (OverflowError, OSError, ValueError):
+        return "?"
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def action_entry(origin: Origin, at: float, action: str, target: str, detail: Any, outcome: ActionOutcome,
