@@ -35,6 +35,7 @@ from .services.events.stream import StreamLog
 from .services.history import History, HistoryWriter, open_store
 from .services.inspection import WorkerInspector
 from .services.notify import AlertNotifier
+from .services.priority import RequestPriority
 from .services.queues import QueueService
 from .services.render_cache import RenderCache
 from .services.routing import RoutingService
@@ -128,8 +129,9 @@ def build_services(
     if audit is not None and config.audit_retention_days:
         job_list.append(_audit_retention(audit, config.audit_retention_days))
     jobs = Jobs(job_list, bell)
+    priority = RequestPriority()
     monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control, clock=clock,
-                      companions=(notifier, *((history.writer,) if history is not None else ())))
+                      companions=(notifier, *((history.writer,) if history is not None else ())), priority=priority)
     dispatcher = Dispatcher(client, routing, audit, stats, sink)
     return Services(
         config=config, client=client, state=state, hub=hub, stream=stream, monitor=monitor, routing=routing,
@@ -138,7 +140,7 @@ def build_services(
         revocations=(SessionRevocations(settings.broker_url, settings.result_backend) if config.auth.enabled
                      else SessionRevocations()),
         rendered=RenderCache(), queues=_queues(settings, routing, state, client), marks=marks, notifier=notifier,
-        history=history, live=live,
+        history=history, live=live, priority=priority,
     )
 
 

@@ -18,6 +18,7 @@ from .events.stats import TaskStats
 from .events.stream import StreamLog
 from .history import History
 from .notify import AlertNotifier
+from .priority import RequestPriority
 from .queues import QueueService
 from .render_cache import RenderCache
 from .routing import RoutingService
@@ -45,6 +46,7 @@ class Services:
     marks: AlertMarks  # acknowledgements and silences of alerts
     notifier: AlertNotifier  # alert webhooks (its threads start and stop with the monitor)
     actions: Actions  # revoke, dispatch again, bulk, one worker's page and commands
+    priority: RequestPriority  # requests before ingest: the serving loop counts them, the event thread yields
     history: History | None = None  # None exactly when history is off
     live: bool = True  # start the monitor's threads on the first request (tests of pure pages turn it off)
 

@@ -21,7 +21,7 @@ from typing import Any
 from flask import Flask
 
 from .server import Limits
-from .worker import LIMITS_KEY
+from .worker import LIMITS_KEY, REQUESTS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def _serve_gunicorn(app: Flask, options: ServerOptions, on_ready: Callable[[str]
         max_websockets=server_settings.max_websockets,
         max_websockets_per_client=server_settings.max_websockets_per_client,
     )
+    app.config[REQUESTS_KEY] = services(app).priority
 
     def when_ready(server: Any) -> None:
         port = options.port

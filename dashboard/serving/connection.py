@@ -58,6 +58,14 @@ class Handoff:
             self.session = session
         return refusal
 
+class RequestCounter(Protocol):
+    """Told when a request starts arriving and when its answer is written (services/priority.py)."""
+
+    def begin(self) -> None: ...
+
+    def end(self) -> None: ...
+
+
 class Host(Protocol):
     """What a connection needs of the server that accepted it (server.Server)."""
 
@@ -66,6 +74,7 @@ class Host(Protocol):
     multiprocess: bool
     pool: ThreadPoolExecutor
     fanout: Fanout
+    requests: RequestCounter | None
 
     def reserve_websocket(self, client: str) -> str | None: ...
 
@@ -96,8 +105,27 @@ class Connection:
         sockname = writer.get_extra_info("sockname")
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
         self.local = (str(sockname[0]), int(sockname[1])) if isinstance(sockname, tuple) else ("", 0)
+        self._counted = False  # this connection's current request is counted in server.requests
+
+    def _arriving(self) -> None:
+        requests = self.server.requests
+        if requests is not None and not self._counted:
+            self._counted = True
+            requests.begin()
+
+    def _answered(self) -> None:
+        requests = self.server.requests
+        if requests is not None and self._counted:
+            self._counted = False
+            requests.end()
 
     async def serve(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            self._answered()
+
+    async def _serve(self) -> None:
         first = True
         while True:
             try:
@@ -117,6 +145,7 @@ class Connection:
                 return
             if await self._respond(request, body):
                 return  # upgraded to a websocket, which has now closed
+            self._answered()
             if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -151,6 +180,7 @@ class Connection:
                 if data and not got_bytes:
                     got_bytes = True
                     deadline = loop.time() + self.limits.request_timeout
+                    self._arriving()
                 self.h11.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
@@ -202,6 +232,7 @@ class Connection:
         return False
 
     async def _upgrade(self, request: h11.Request, session: SessionLike) -> None:
+        self._answered()  # the handshake was the request; an open websocket is not one
         server = self.server
         try:
             key = _header(request, b"sec-websocket-key") or b""

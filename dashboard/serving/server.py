@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .connection import READ_CHUNK, Connection, Handoff, Limits, WSGIApp
+from .connection import READ_CHUNK, Connection, Handoff, Limits, RequestCounter, WSGIApp
 from .fanout import Fanout
 from .websocket import WebSocketConnection
 
@@ -38,8 +38,10 @@ TOO_MANY_CONNECTIONS = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text
 class Server:
     """Serves one WSGI app on given listening sockets until `stop()`."""
 
-    def __init__(self, app: WSGIApp, limits: Limits, *, multiprocess: bool = False) -> None:
+    def __init__(self, app: WSGIApp, limits: Limits, *, multiprocess: bool = False,
+                 requests: RequestCounter | None = None) -> None:
         self.app = app
+        self.requests = requests  # told of every request, so that the event thread yields to them
         self.limits = limits
         self.multiprocess = multiprocess
         self.pool = ThreadPoolExecutor(limits.threads, thread_name_prefix="dashboard-http")

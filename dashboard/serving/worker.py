@@ -17,6 +17,7 @@ from gunicorn.workers.base import Worker
 from .server import Limits, Server
 
 LIMITS_KEY = "dashboard_limits"  # app.config key the CLI sets: this process's Limits
+REQUESTS_KEY = "dashboard_requests"  # app.config key the CLI sets: the counter the event thread yields to
 
 
 class DashboardWorker(Worker):  # type: ignore[misc]
@@ -47,7 +48,8 @@ class DashboardWorker(Worker):  # type: ignore[misc]
 
     def run(self) -> None:
         limits: Limits = self.wsgi.config.get(LIMITS_KEY) or Limits()
-        server = self.server = Server(self.wsgi, limits, multiprocess=self.cfg.workers > 1)
+        server = self.server = Server(self.wsgi, limits, multiprocess=self.cfg.workers > 1,
+                                      requests=self.wsgi.config.get(REQUESTS_KEY))
         parent = self.ppid
 
         def tick() -> bool:

@@ -721,13 +721,16 @@ def test_start_in_a_forked_child_starts_afresh(startable: Monitor, monkeypatch: 
 
 
 def test_a_start_that_fails_can_be_retried(startable: Monitor, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_app(settings: ClientSettings) -> None:
-        raise RuntimeError("cannot build the listener app")
+    def broken(*args: object) -> None:
+        raise RuntimeError("cannot build the listener")
 
-    monkeypatch.setattr(monitor_module, "build_listener_app", broken_app)
+    # the event stream on Redis, Celery's receiver elsewhere: break whichever the monitor builds
+    monkeypatch.setattr(monitor_module, "build_listener_app", broken)
+    monkeypatch.setattr(monitor_module, "redis_event_stream", broken)
     with pytest.raises(RuntimeError):
         startable.start()
     monkeypatch.setattr(monitor_module, "build_listener_app", lambda settings: None)
+    monkeypatch.setattr(monitor_module, "redis_event_stream", lambda settings, clock: None)
 
     assert startable.started is False
     assert startable.start() is True

@@ -1,4 +1,5 @@
-"""The event listener: one daemon thread per process around Celery's EventReceiver, with reconnects."""
+"""The event listener: one daemon thread per process, with reconnects. On Redis it reads the pub/sub stream
+itself (redis_events.py); on other brokers it runs Celery's EventReceiver."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery
 
 from ...model.secrets import reason
 from ..client import BROKER_ERRORS, ClientSettings
+from ..priority import RequestPriority
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,32 @@ def build_listener_app(settings: ClientSettings) -> Celery:
     return app
 
 
+class EventStream(Protocol):
+    """A subscription that yields decoded events (redis_events.RedisEventStream)."""
+
+    def open(self) -> None:
+        """Connect and subscribe, within the timeouts; raises a broker error."""
+
+    def read(self, wait: float) -> list[dict[str, Any]]:
+        """The events received, waiting up to `wait` seconds for the first."""
+
+    def close(self) -> None:
+        """Drop the connection."""
+
+
+READ_WAIT_SECONDS = 1.0  # how long a read waits for events before the idle check runs
+
+
 class EventListener:
-    """Consumes every Celery event and hands it to `on_event`; reconnects with capped backoff forever."""
+    """Consumes every Celery event and hands it to `on_event`; reconnects with capped backoff forever.
+
+    With `stream` (a factory of EventStreams), events are read from it; otherwise through Celery's EventReceiver
+    on `app`.
+    """
 
     def __init__(
         self,
-        app: Celery,
+        app: Celery | None,
         on_event: Callable[[Mapping[str, Any]], None],
         on_status: Callable[[StatusReport], None] | None = None,
         on_connect: Callable[[], None] | None = None,
@@ -77,8 +99,14 @@ class EventListener:
         clock: Callable[[], float] = time.time,
         probe: Callable[[], None] | None = None,
         idle_probe_seconds: float = 2.0,
+        stream: Callable[[], EventStream] | None = None,
+        priority: RequestPriority | None = None,
     ) -> None:
+        if app is None and stream is None:
+            raise ValueError("an event listener needs a Celery app or an event stream")
         self._app = app
+        self._stream = stream
+        self._yield = priority.yield_to_requests if priority is not None else None
         self._on_event = on_event
         self._on_status = on_status
         self._on_connect = on_connect
@@ -160,6 +188,8 @@ class EventListener:
                 self.reconnects += 1
 
     def _handle(self, event: Mapping[str, Any]) -> None:
+        if self._yield is not None:
+            self._yield()  # requests first (priority.py)
         self._last_seen = time.monotonic()
         sent = event.get("timestamp")
         if isinstance(sent, (int, float)) and not isinstance(sent, bool):
@@ -188,6 +218,10 @@ class EventListener:
     def _capture(self) -> None:
         if self._probe is not None:
             self._probe()  # a hung broker would otherwise block the subscription forever
+        if self._stream is not None:
+            self._capture_stream(self._stream())
+            return
+        assert self._app is not None
         with self._app.connection_for_read() as connection:
             connection.ensure_connection(max_retries=0, timeout=self._app.conf.broker_connection_timeout)
             receiver = self._app.events.Receiver(connection, handlers={"*": self._handle}, app=self._app)
@@ -206,3 +240,19 @@ class EventListener:
                 raise ConnectionError("the event stream ended")
 
 
+
+    def _capture_stream(self, stream: EventStream) -> None:
+        """Read `stream` until stopped; the stop flag and the idle probe are checked at least once a second."""
+        try:
+            stream.open()
+            self._set_status(BrokerStatus.LIVE)
+            if self._on_connect is not None:
+                self._on_connect()
+            handle = self._handle
+            while not self._stop.is_set():
+                events = stream.read(READ_WAIT_SECONDS)
+                for event in events:
+                    handle(event)
+                self._check_alive()
+        finally:
+            stream.close()

@@ -25,9 +25,11 @@ from celery import Celery
 
 from ...model.state import State
 from ..client import BROKER_ERRORS, ClientSettings, build_send_only_app
+from ..priority import RequestPriority
 from .hub import Hub
 from .jobs import Jobs
 from .listener import EventListener, StatusReport, build_listener_app
+from .redis_events import redis_event_stream
 from .sink import EventSink
 from .stream import Gap, StreamLog
 
@@ -60,9 +62,11 @@ class Monitor:
         control_app: Celery | None = None,
         clock: Callable[[], float] = time.time,
         companions: Iterable[Companion] = (),
+        priority: RequestPriority | None = None,
     ) -> None:
         self.settings = settings
         self.companions = tuple(companions)
+        self.priority = priority
         self.sink = sink
         self.stream = stream
         self.jobs = jobs
@@ -138,9 +142,11 @@ class Monitor:
             # fork): whatever the parent started is gone in this process, so start afresh.
             self._stop.clear()
             try:
-                app = self._listener_app or build_listener_app(self.settings)
+                stream = None if self._listener_app is not None else redis_event_stream(self.settings, self.clock)
+                app = None if stream is not None else self._listener_app or build_listener_app(self.settings)
                 self.listener = EventListener(app, self.sink.apply, self._on_status, self._on_connect,
-                                              clock=self.clock, probe=self.probe_broker)
+                                              clock=self.clock, probe=self.probe_broker, stream=stream,
+                                              priority=self.priority)
                 self.listener.start()
                 # Two threads, so that a slow inspection (a dead worker costs each question its full timeout)
                 # never delays the offline flip of a worker whose heartbeat is overdue.
