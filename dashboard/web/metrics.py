@@ -116,6 +116,12 @@ def runtime_metrics(svc: Services) -> Callable[[], Iterator[Metric]]:
                                              "Services of succeeded tasks, from task-succeeded events.")
         runtime_hist.add_metric([], buckets, sum_value=stats["runtime_sum"])
         yield runtime_hist
+        yield GaugeMetricFamily(f"{PREFIX}_requests_in_flight",
+                                "HTTP requests this process is reading, handling or answering now.",
+                                value=svc.priority.in_flight)
+        yield CounterMetricFamily(f"{PREFIX}_ingest_pauses",
+                                  "Times the event thread paused to let requests in flight run first.",
+                                  value=svc.priority.pauses)
         dispatches = CounterMetricFamily(f"{PREFIX}_dispatches", "Dispatch attempts by outcome.", labels=["outcome"])
         for outcome in OUTCOMES:
             dispatches.add_metric([outcome], stats["dispatches"].get(outcome, 0))

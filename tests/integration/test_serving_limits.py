@@ -139,6 +139,9 @@ def test_websockets_past_the_cap_are_refused_at_once_and_http_keeps_answering(se
         print(f"\n[limits] {len(opened)} websockets open: slowest /healthz {slowest * 1000:.0f} ms")
         assert slowest <= ANSWER_BOUND
         assert call(server, "GET", "/api/tasks").status == 200
+        # an open websocket is not a request in flight: the event thread would otherwise pause for it
+        metrics = call(server, "GET", "/metrics").text
+        assert "dispatch_dashboard_requests_in_flight 1.0" in metrics  # that /metrics request alone
 
         started = time.monotonic()
         with pytest.raises(simple_websocket.ConnectionError) as refused:
