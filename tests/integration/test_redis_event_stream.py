@@ -104,7 +104,7 @@ def test_a_global_key_prefix_moves_the_topic_and_the_stream_follows(broker_url: 
         assert stream.pattern.startswith("tenant-a:")
         publish(app, ("task-sent", {"uuid": "prefixed", "name": "stub.add"}))
         events = read_until(stream, 1)
-        others = unprefixed.read(0.3)
+        others = list(unprefixed.read(0.3))
     finally:
         stream.close()
         unprefixed.close()
@@ -126,7 +126,7 @@ def test_a_connection_the_server_drops_is_a_lost_stream(broker_url: str) -> None
         assert killed >= 1
         with pytest.raises(StreamLost):  # a ConnectionError: the listener reconnects
             for _ in range(20):
-                stream.read(0.2)
+                list(stream.read(0.2))
     finally:
         stream.close()
         client.close()

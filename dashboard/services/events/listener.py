@@ -7,7 +7,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,7 +70,7 @@ class EventStream(Protocol):
     def open(self) -> None:
         """Connect and subscribe, within the timeouts; raises a broker error."""
 
-    def read(self, wait: float) -> list[dict[str, Any]]:
+    def read(self, wait: float) -> Iterable[dict[str, Any]]:
         """The events received, waiting up to `wait` seconds for the first."""
 
     def close(self) -> None:
@@ -250,8 +250,7 @@ class EventListener:
                 self._on_connect()
             handle = self._handle
             while not self._stop.is_set():
-                events = stream.read(READ_WAIT_SECONDS)
-                for event in events:
+                for event in stream.read(READ_WAIT_SECONDS):
                     handle(event)
                 self._check_alive()
         finally:

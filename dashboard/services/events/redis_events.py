@@ -21,7 +21,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 import hiredis
@@ -152,26 +152,25 @@ class RedisEventStream:
                 return
             raise StreamLost(f"unexpected answer to PSUBSCRIBE: {first!r:.80}")
 
-    def read(self, wait: float) -> list[dict[str, Any]]:
-        """The events that arrived, waiting up to `wait` seconds for the first; [] when none came."""
+    def read(self, wait: float) -> Iterator[dict[str, Any]]:
+        """The events that arrived, waiting up to `wait` seconds for the first (none when none came). A buffer's
+        messages are decoded one at a time as the caller takes them, so it can pause between events."""
         replies: list[Any] | None
         if self._pending:
             replies, self._pending = self._pending, []
         else:
             replies = self._receive(wait)
             if not replies:
-                return []
+                return
         now = self._clock()
         decode = self.decoder.decode
-        events: list[dict[str, Any]] = []
         for reply in replies:
             if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
                 data = reply[3]
                 if isinstance(data, bytes) and data:
-                    events.extend(decode(data, now))
+                    yield from decode(data, now)
             elif isinstance(reply, hiredis.ReplyError):
                 raise StreamLost(f"Redis sent an error on the event stream: {reply}")
-        return events
 
     def _receive(self, wait: float) -> list[Any] | None:
         """Parse what arrives within `wait` seconds: None when nothing did."""
