@@ -66,10 +66,11 @@ def when(timestamp: float | None, precise: bool = False, age: bool = False) -> M
     except (OverflowError, OSError, ValueError):
         return Markup("?")
     shown = moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if precise else moment.strftime("%Y-%m-%d %H:%M:%S")
-    return Markup('<time datetime="{iso}" data-epoch="{epoch:.3f}"{precise}{age}>{shown} UTC</time>').format(
-        iso=moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"), epoch=float(timestamp),
-        precise=Markup(' data-precise="1"') if precise else "", age=Markup(' data-age="1"') if age else "",
-        shown=shown)
+    iso = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # Every part is made here from a number (no text from the task), so an f-string is safe; Markup.format
+    # took a third of a tasks-table row's rendering.
+    flags = (' data-precise="1"' if precise else "") + (' data-age="1"' if age else "")
+    return Markup(f'<time datetime="{iso}" data-epoch="{float(timestamp):.3f}"{flags}>{shown} UTC</time>')
 
 
 RAW_FORM_ID = "dispatch-raw"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
-from flask import render_template, request
+from flask import current_app, g, render_template, request, url_for
 from markupsafe import Markup
 
 from ..exceptions import BrokerUnavailable
@@ -181,11 +182,38 @@ def task_counts_fragment(svc: Services) -> str:
 
 def task_row_fragment(task: TaskView) -> str:
     """One row of the tasks table, swapped by its id."""
-    return render_template("partials/task_row.html", task=task, dom_id=dom_id, oob=True)
+    return _row(task, oob=True)
 
 
 def _inline_row(task: TaskView) -> str:
-    return render_template("partials/task_row.html", task=task, dom_id=dom_id, oob=False)
+    return _row(task, oob=False)
+
+
+def _row(task: TaskView, *, oob: bool) -> str:
+    """The row template rendered straight from Jinja: it reads only what it is given and Jinja's globals
+    (url_for), so Flask's per-render context processors and signals, a third of a row's cost, are skipped. A
+    table of 50 rows new since the last request is rendered whole while events stream in."""
+    template = current_app.jinja_env.get_template("partials/task_row.html")
+    return template.render(task=task, dom_id=dom_id, oob=oob, link=_row_links())
+
+
+_LINK_MARK = "0"  # built into each link once per request, then replaced by the quoted task id
+_PATH_SAFE = "!$&'()*+,/:;=@"  # what werkzeug's url_for leaves unquoted in a path part
+
+
+def _row_links() -> Callable[[str, str], str]:
+    """`link(endpoint, task_id)`: url_for's answer for the row's links, each endpoint built once per request
+    (url_for was a quarter of a row's cost, four times a row)."""
+    built: dict[str, tuple[str, str]] = g.setdefault("_row_links", {})
+
+    def link(endpoint: str, task_id: str) -> str:
+        parts = built.get(endpoint)
+        if parts is None:
+            head, _, tail = url_for(endpoint, task_id=_LINK_MARK).rpartition(f"/{_LINK_MARK}")
+            parts = built[endpoint] = (head + "/", tail)
+        return parts[0] + quote(task_id, safe=_PATH_SAFE) + parts[1]
+
+    return link
 
 
 def row_kind(*, oob: bool) -> str:

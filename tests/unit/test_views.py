@@ -1,4 +1,4 @@
-"""Unit tests for the pure helpers of dashboard.web.views: the tasks page's filters and selector-safe element ids."""
+"""Unit tests for the helpers of dashboard.web.views: the tasks page's filters, selector-safe element ids, row links."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import re
 from urllib.parse import parse_qsl
 
 import pytest
+from flask import Flask, url_for
 from hypothesis import given
 from hypothesis import strategies as st
 from werkzeug.datastructures import MultiDict
 
+from dashboard.app import create_app
+from dashboard.config import Config
 from dashboard.model.state import EVENT_STATES
 from dashboard.web.query import MAX_OFFSET
-from dashboard.web.views import FILTER_KEYS, PAGE_SIZE, FilterError, TaskFilters, dom_id
+from dashboard.web.views import FILTER_KEYS, PAGE_SIZE, FilterError, TaskFilters, _row_links, dom_id
 
 # -- TaskFilters.from_args ---------------------------------------------------------------------------------------
 
@@ -303,3 +306,20 @@ def test_dom_id_is_one_to_one_for_any_text(key: str) -> None:
 
     assert SAFE_SUFFIX.fullmatch(element_id[2:])
     assert decode(element_id[2:]) == key
+
+
+# -- the tasks table's row links ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def row_app() -> Flask:
+    return create_app(Config(broker_url="redis://127.0.0.1:1/0"), audit=None, live=False)
+
+
+@given(task_id=st.text(min_size=1, max_size=40).filter(lambda text: "\x00" not in text))
+@pytest.mark.parametrize("prefix", ["", "/prefix/0", "/0"])
+def test_row_links_are_what_url_for_builds(row_app: Flask, prefix: str, task_id: str) -> None:
+    with row_app.test_request_context(base_url=f"http://dashboard.test{prefix}"):
+        link = _row_links()
+        for endpoint in ("pages.task", "act.task_revoke", "act.task_redispatch", "act.edit_page"):
+            assert link(endpoint, task_id) == url_for(endpoint, task_id=task_id)
