@@ -113,7 +113,8 @@ def build_services(
                              [spec.name for spec in config.catalog], grace=config.monitor.alert_grace,
                              inspect_interval=config.monitor.inspect_interval, clock=clock,
                              alert_hooks=(marks.note_change, notifier.notify))
-    history = _history(config, state, hub, stream, clock)
+    priority = RequestPriority()
+    history = _history(config, state, hub, stream, clock, priority)
     hooks = (routing.note_event, stats.note_event, *((history.writer.note_event,) if history else ()))
     sink = EventSink(state, hub, hooks=hooks, on_worker_change=bell.ring)
     results = client.result_state if settings.result_backend else None
@@ -129,7 +130,6 @@ def build_services(
     if audit is not None and config.audit_retention_days:
         job_list.append(_audit_retention(audit, config.audit_retention_days))
     jobs = Jobs(job_list, bell)
-    priority = RequestPriority()
     monitor = Monitor(settings, sink, stream, jobs, listener_app=listener_app, control_app=control, clock=clock,
                       companions=(notifier, *((history.writer,) if history is not None else ())), priority=priority)
     dispatcher = Dispatcher(client, routing, audit, stats, sink)
@@ -161,7 +161,8 @@ def client_control_app(settings: ClientSettings) -> Celery:
     return build_send_only_app(settings)
 
 
-def _history(config: Config, state: State, hub: Hub, stream: StreamLog, clock: Callable[[], float]) -> History | None:
+def _history(config: Config, state: State, hub: Hub, stream: StreamLog, clock: Callable[[], float],
+             priority: RequestPriority) -> History | None:
     """Task history, when [history] url names a store (the writer's thread starts with the monitor's)."""
     settings = config.history
     if not settings.enabled:
@@ -172,7 +173,7 @@ def _history(config: Config, state: State, hub: Hub, stream: StreamLog, clock: C
     writer = HistoryWriter(
         store, state, flush_interval=settings.flush_interval, retention_days=settings.retention_days,
         max_tasks=settings.max_tasks, on_restored=hub.resync_all, on_downtime=stream.downtime,
-        on_status=lambda: hub.publish("status", "history"), clock=clock,
+        on_status=lambda: hub.publish("status", "history"), clock=clock, pause=priority.yield_to_requests,
     )
     return History(store, writer, state, clock)
 

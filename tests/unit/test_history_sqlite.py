@@ -176,6 +176,22 @@ def test_the_writer_commits_each_changed_task_once_with_its_latest_state(store: 
     assert sum(row.succeeded for row in minutes) == 5 and {row.name for row in minutes} == {"acme.billing.charge"}
 
 
+def test_the_writer_reads_the_state_a_slice_at_a_time_letting_requests_run_between(store: SqliteHistory) -> None:
+    from dashboard.services.history.writer import ROWS_PER_READ
+
+    state = State(clock=lambda: NOW)
+    pauses: list[int] = []
+    writer = writer_for(store, state, pause=lambda: pauses.append(1))
+    count = ROWS_PER_READ * 2 + 1
+    for i in range(count):
+        writer.note_event({"type": "task-sent", "uuid": feed(state, i)})
+
+    writer.step()
+
+    assert len(pauses) == 2  # three slices, a pause between each
+    assert writer.status().written == count and store.info().tasks == count
+
+
 def test_a_full_buffer_drops_and_counts(store: SqliteHistory) -> None:
     state = State(clock=lambda: NOW)
     writer = writer_for(store, state, max_pending=3)
