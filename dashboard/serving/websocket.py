@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import threading
 from typing import Any
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -57,10 +58,24 @@ class FrameCache:
         return b"".join(out)
 
 
-def write_all(writes: list[tuple[Any, bytes]]) -> None:
-    """On the loop: write each (connection, frames) pair; one callback for a whole tick of the fan-out."""
-    for connection, frames in writes:
-        connection.write_frames(frames)
+WRITES_AT_ONCE = 100  # a tick's writes go out in slices, so that requests' reads and writes come in between
+
+
+def write_all(writes: list[tuple[Any, bytes]], written: threading.Event | None = None, start: int = 0) -> None:
+    """On the loop: write each (connection, frames) pair of a tick of the fan-out, a slice per callback, then set
+    `written`."""
+    end = min(len(writes), start + WRITES_AT_ONCE)
+    try:
+        for connection, frames in writes[start:end]:
+            try:
+                connection.write_frames(frames)
+            except Exception:  # noqa: BLE001 - one broken socket must not cost the others their frames
+                log.exception("writing a websocket frame failed")
+    finally:
+        if end < len(writes):
+            asyncio.get_running_loop().call_soon(write_all, writes, written, end)
+        elif written is not None:
+            written.set()
 
 
 def accept_token(key: bytes) -> bytes:
