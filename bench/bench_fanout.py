@@ -12,9 +12,10 @@ one asyncio process until that many have their snapshot, and reports:
   the tasks retained from earlier steps, as the first figures of December 2026 did);
 - while `--rate` task-sent events per second are published for `--seconds` (Celery's own event dispatcher): per
   kind of client, the push latency from publishing to arrival, p50 / p99 / max, measured on `--probes` clients
-  of that kind that parse every message (the others only drain their sockets: one client process cannot parse a
-  million messages a second), and the share of tasks the probes saw; the server's CPU and this process's CPU
-  (the clients share the 2 cores); `/healthz` and `/api/tasks?limit=50` answered meanwhile (p50 / p95 / max);
+  of that kind that parse every message, in a process of their own (the others only drain their sockets: one
+  client process cannot parse a million messages a second), and the share of tasks the probes saw; the server's
+  CPU and the draining clients' CPU (they share the 2 cores); `/healthz` and `/api/tasks?limit=50` answered
+  meanwhile, from the probes' process (p50 / p95 / max);
 - one socket past the cap: refused at once, or not.
 
 `--mix` says which sockets, in proportions: `events` is `/ws/events?tasks=0` (JSON for tools, every task);
@@ -43,6 +44,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from wsproto import ConnectionType, WSConnection
@@ -95,6 +97,7 @@ class Clients:
         self.thread.start()
         self.connected = 0
         self.refused = 0
+        self.received = 0  # bytes read by every client
         self.probes: list[Probe] = []
         self.tasks: list[asyncio.Future[None]] = []
 
@@ -129,6 +132,7 @@ class Clients:
                 data = await reader.read(1 << 16)
                 if not data:
                     return
+                self.received += len(data)
                 if accepted and probe is None:
                     continue  # a drain-only client: the bytes are read, not parsed
                 ws.receive_data(data)
@@ -174,11 +178,19 @@ def _note(probe: Probe, text: str) -> None:
         probe.arrivals[task_id] = now
 
 
+PUBLISHERS = 2
+
+
 def publish(broker_url: str, rate: float, seconds: float) -> dict[str, float]:
-    """task-sent events at `rate` per second for `seconds`, from a process of its own (in this one it competed
-    with the clients for the interpreter and fell behind the rate): task id -> when it was published."""
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        return pool.apply(_publish, (broker_url, rate, seconds))
+    """task-sent events at `rate` per second for `seconds`, from processes of their own, each publishing its share
+    (in the clients' process it fell behind the rate, and one process alone does on a loaded machine): task id ->
+    when it was published."""
+    with multiprocessing.get_context("fork").Pool(PUBLISHERS) as pool:
+        parts = [pool.apply_async(_publish, (broker_url, rate / PUBLISHERS, seconds)) for _ in range(PUBLISHERS)]
+        sent: dict[str, float] = {}
+        for part in parts:
+            sent.update(part.get())
+        return sent
 
 
 def _publish(broker_url: str, rate: float, seconds: float) -> dict[str, float]:
@@ -222,6 +234,54 @@ def http_while(port: int, stop: threading.Event, out: dict[str, list[float]]) ->
     http.close()
 
 
+class Watcher:
+    """The probes and the HTTP probes, in a process of their own: in the process that drains every other socket,
+    parsing waited for the interpreter and its arrival times measured the bench client (at 200 clients and
+    1 000 events/s, 20 probes per kind there reported p50 ~1 s while the server used 38 % of a core)."""
+
+    def __init__(self, port: int, kinds: list[str], probes: int) -> None:
+        context = multiprocessing.get_context("fork")  # before this process starts threads
+        self.conn, child = context.Pipe()
+        self.proc = context.Process(target=_watch, args=(child, port, kinds, probes), daemon=True)
+        self.proc.start()
+        self.connected, self.refused, self.by_kind = self.conn.recv()
+
+    def start(self) -> None:
+        """Forget earlier arrivals; start the HTTP probes."""
+        self.conn.send("start")
+
+    def stop(self) -> tuple[list[Probe], dict[str, list[float]]]:
+        """The probes' arrivals and the HTTP answers' times since start()."""
+        self.conn.send("stop")
+        probes, answered = self.conn.recv()
+        return probes, answered
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send("quit")
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def _watch(conn: Any, port: int, kinds: list[str], probes: int) -> None:
+    clients = Clients(port, kinds)
+    clients.open(probes * len(kinds), probes)
+    conn.send((clients.connected, clients.refused, clients.by_kind))
+    while conn.recv() == "start":
+        for probe in clients.probes:
+            probe.arrivals.clear()
+        answered: dict[str, list[float]] = {}
+        stop = threading.Event()
+        watcher = threading.Thread(target=http_while, args=(port, stop, answered), daemon=True)
+        watcher.start()
+        conn.recv()  # "stop"
+        stop.set()
+        watcher.join(15)
+        conn.send((clients.probes, answered))
+    clients.close()
+
+
 def own_cpu() -> float:
     """This process's CPU seconds (the clients, the publisher, the probes)."""
     times = os.times()
@@ -238,8 +298,9 @@ def main() -> None:
     parser.add_argument("--clients", default="100,500,1000", help="client counts, ascending")
     parser.add_argument("--rate", type=float, default=1000.0, help="task events per second (default 1000)")
     parser.add_argument("--seconds", type=float, default=5.0, help="publishing time per step (default 5)")
-    parser.add_argument("--probes", type=int, default=20,
-                        help="clients of each probed kind that parse every message (default 20)")
+    parser.add_argument("--probes", type=int, default=5,
+                        help="clients of each probed kind that parse every message, in a process of their own, "
+                        "part of the client counts (default 5)")
     parser.add_argument("--max-tasks", type=int, default=100_000,
                         help="[monitor] max_tasks of the dashboard (default 100 000); at or below rate x seconds, "
                         "a warm-up fills them before any client connects")
@@ -253,6 +314,7 @@ def main() -> None:
         dashboard = Dashboard(redis.url(0), args.max_tasks, Path(tmp), "gunicorn", extra_config=(
             f"\n[server]\nmax_websockets = {cap}\nmax_websockets_per_client = {cap}\n"))
         clients: Clients | None = None
+        watcher: Watcher | None = None
         try:
             dashboard.wait_live()
             pid = dashboard.server_pid
@@ -260,49 +322,54 @@ def main() -> None:
                 publish(redis.url(0), args.rate, args.seconds)  # the warm-up: the retained tasks at their bound
                 time.sleep(2.0)
             base_rss = rss_bytes(pid)
+            probed = [kind for kind in PROBED if kind in mix]
+            watcher = Watcher(dashboard.port, probed, args.probes) if probed and args.probes else None
             clients = Clients(dashboard.port, mix)
             print(f"bench_fanout: {args.rate:g} task events/s for {args.seconds:g} s per step, mix {args.mix}, "
                   f"{args.probes} probes per probed kind; server pid {pid}, RSS {base_rss / 2**20:.1f} MiB with no "
                   f"client; load average {os.getloadavg()[0]:.2f}")
+            watched = watcher.connected if watcher is not None else 0
             for step in steps:
-                before_rss, before_clients = rss_bytes(pid), clients.connected
-                opened = clients.open(step - clients.connected - clients.refused, args.probes)
+                before_rss, before_clients = rss_bytes(pid), clients.connected + watched
+                opened = clients.open(step - before_clients - clients.refused, 0)
                 time.sleep(1.0)  # the snapshots written
                 rss = rss_bytes(pid)
-                per_client = (rss - base_rss) / max(1, clients.connected)
-                step_per_client = (rss - before_rss) / max(1, clients.connected - before_clients)
-                for probe in clients.probes:
-                    probe.arrivals.clear()
-                answered: dict[str, list[float]] = {}
-                stop = threading.Event()
-                watcher = threading.Thread(target=http_while, args=(dashboard.port, stop, answered), daemon=True)
+                connected = clients.connected + watched
+                per_client = (rss - base_rss) / max(1, connected)
+                step_per_client = (rss - before_rss) / max(1, connected - before_clients)
                 load = os.getloadavg()[0]
                 cpu_before, own_before, wall_before = cpu_seconds(pid), own_cpu(), time.monotonic()
-                watcher.start()
+                received_before = clients.received
+                if watcher is not None:
+                    watcher.start()
                 sent = publish(redis.url(0), args.rate, args.seconds)
                 published = len(sent) / args.seconds
                 time.sleep(2.0)  # the last frames
-                stop.set()
-                watcher.join(15)
+                probes, answered = watcher.stop() if watcher is not None else ([], {})
                 wall = time.monotonic() - wall_before
                 cpu = (cpu_seconds(pid) - cpu_before) / wall
                 client_cpu = (own_cpu() - own_before) / wall
-                loaded_per_client = (rss_bytes(pid) - base_rss) / max(1, clients.connected)
-                kinds = ", ".join(f"{count} {kind}" for kind, count in clients.by_kind.items())
-                print(f"  {clients.connected} clients ({kinds}; {clients.refused} refused; opened in {opened:.1f} s; "
+                received = (clients.received - received_before) / wall
+                loaded_per_client = (rss_bytes(pid) - base_rss) / max(1, connected)
+                by_kind = dict(clients.by_kind)
+                for kind, count in (watcher.by_kind if watcher is not None else {}).items():
+                    by_kind[kind] = by_kind.get(kind, 0) + count
+                kinds = ", ".join(f"{count} {kind}" for kind, count in by_kind.items())
+                print(f"  {connected} clients ({kinds}; {clients.refused} refused; opened in {opened:.1f} s; "
                       f"load average {load:.2f} before the step): RSS {rss / 2**20:.1f} MiB, "
                       f"{per_client / 1024:.1f} KiB/client (this step's clients: {step_per_client / 1024:.1f} KiB "
                       f"each; after the events: {loaded_per_client / 1024:.1f} KiB/client); {published:.0f} task "
-                      f"events/s published; server CPU {cpu:.0%}, bench client CPU {client_cpu:.0%}")
+                      f"events/s published; clients received {received / 2**20:.1f} MiB/s; server CPU {cpu:.0%}, "
+                      f"bench client CPU {client_cpu:.0%} (draining; the probes apart)")
                 for kind in PROBED:
-                    probes = [probe for probe in clients.probes if probe.kind == kind]
-                    if not probes:
+                    of_kind = [probe for probe in probes if probe.kind == kind]
+                    if not of_kind:
                         continue
-                    latencies = [arrived - sent[task_id] for probe in probes
+                    latencies = [arrived - sent[task_id] for probe in of_kind
                                  for task_id, arrived in probe.arrivals.items() if task_id in sent]
                     seen = statistics.mean(len([t for t in probe.arrivals if t in sent]) / len(sent)
-                                           for probe in probes) if sent else 0.0
-                    print(f"    {kind:>6} ({len(probes)} probes): push p50 {pct(latencies, 0.5) * 1000:.0f} ms "
+                                           for probe in of_kind) if sent else 0.0
+                    print(f"    {kind:>6} ({len(of_kind)} probes): push p50 {pct(latencies, 0.5) * 1000:.0f} ms "
                           f"p99 {pct(latencies, 0.99) * 1000:.0f} ms max "
                           f"{max(latencies, default=float('nan')) * 1000:.0f} ms; probes saw {seen:.0%} of "
                           f"{len(sent)} tasks")
@@ -316,6 +383,8 @@ def main() -> None:
             print(f"  one past the cap ({cap}): refused={clients.refused > refused_before} in "
                   f"{time.monotonic() - started:.2f} s")
         finally:
+            if watcher is not None:
+                watcher.close()
             if clients is not None:
                 clients.close()
             dashboard.close()
