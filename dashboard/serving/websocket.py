@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from typing import Any
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -61,10 +62,19 @@ class FrameCache:
 WRITES_AT_ONCE = 100  # a tick's writes go out in slices, so that requests' reads and writes come in between
 
 
-def write_all(writes: list[tuple[Any, bytes]], written: threading.Event | None = None, start: int = 0) -> None:
+class Written(threading.Event):
+    """Set once a tick's writes are done; `cpu_seconds`: the loop thread's CPU time they took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu_seconds = 0.0
+
+
+def write_all(writes: list[tuple[Any, bytes]], written: Written | None = None, start: int = 0) -> None:
     """On the loop: write each (connection, frames) pair of a tick of the fan-out, a slice per callback, then set
     `written`."""
     end = min(len(writes), start + WRITES_AT_ONCE)
+    cpu = time.thread_time()
     try:
         for connection, frames in writes[start:end]:
             try:
@@ -72,6 +82,8 @@ def write_all(writes: list[tuple[Any, bytes]], written: threading.Event | None =
             except Exception:  # noqa: BLE001 - one broken socket must not cost the others their frames
                 log.exception("writing a websocket frame failed")
     finally:
+        if written is not None:
+            written.cpu_seconds += time.thread_time() - cpu
         if end < len(writes):
             asyncio.get_running_loop().call_soon(write_all, writes, written, end)
         elif written is not None:

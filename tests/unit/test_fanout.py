@@ -280,21 +280,24 @@ def test_a_groups_renderer_has_the_placeholder_for_a_token_and_each_client_its_o
 
 def test_a_ticks_writes_go_out_in_slices_and_then_say_so() -> None:
     import asyncio
-    import threading
 
-    from dashboard.serving.websocket import WRITES_AT_ONCE, write_all
+    from dashboard.serving.websocket import WRITES_AT_ONCE, Written, write_all
 
     sockets = [FakeSocket() for _ in range(WRITES_AT_ONCE * 2 + 5)]
-    written = threading.Event()
+    written = Written()
     between: list[int] = []
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        loop.call_soon(write_all, [(sock, b"frame") for sock in sockets], written)
+        pairs: list[tuple[Any, bytes]] = [(sock, b"frame") for sock in sockets]
+        loop.call_soon(write_all, pairs, written)
         loop.call_soon(lambda: between.append(sum(bool(sock.written) for sock in sockets)))
-        while not written.is_set():
+        for _ in range(100):  # a bounded number of loop passes, never a hang
+            if written.is_set():
+                break
             await asyncio.sleep(0)
 
     asyncio.run(run())
+    assert written.is_set() and written.cpu_seconds >= 0.0
     assert all(sock.written == [b"frame"] for sock in sockets)
     assert between == [WRITES_AT_ONCE], "other callbacks ran between two slices"
