@@ -224,16 +224,19 @@ class Connection:
             await self._send_error(500, "internal error; the server log has the details")
             return True
         if handoff is not None and handoff.session is not None:
+            session, handoff.session = handoff.session, None
+            environ.clear()  # the request's objects (and this frame's hold on them) are not kept while the socket lives
             if status == 101:
-                await self._upgrade(request, handoff.session)
+                await self._upgrade(request, session)
                 return True
-            self.server.release_websocket(handoff.session.client)  # accepted, then the app answered otherwise
+            self.server.release_websocket(session.client)  # accepted, then the app answered otherwise
         await self._send(request, status, headers, chunks)
         return False
 
     async def _upgrade(self, request: h11.Request, session: SessionLike) -> None:
         self._answered()  # the handshake was the request; an open websocket is not one
         server = self.server
+        client = session.client
         try:
             key = _header(request, b"sec-websocket-key") or b""
             response = h11.InformationalResponse(status_code=101, headers=[
@@ -245,12 +248,13 @@ class Connection:
             connection = WebSocketConnection(self.reader, self.writer, bytes(trailing))
             server.track(connection)
             server.fanout.add(connection, session)
+            del session  # the fan-out keeps what it needs of it (its group, its CSRF token), not this
             try:
                 await connection.run()
             finally:
                 server.untrack(connection)
         finally:
-            server.release_websocket(session.client)
+            server.release_websocket(client)
 
     def _environ(self, request: h11.Request, body: bytes) -> dict[str, Any]:
         target = request.target

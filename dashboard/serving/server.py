@@ -7,7 +7,8 @@ holds a websocket open, held a thread; 64 of them stopped every answer. Here:
   timeout between requests) and size caps, and only a complete request reaches a thread. Slow, idle and half-sent
   connections cost a few kilobytes each, never a thread; past `max_connections` a new one gets a 503 at once.
 - A websocket is checked by the app like any request (host, origin, identity, role), then handed to the fan-out
-  thread (fanout.py), which renders each client's frames and queues them here for non-blocking writes. Past
+  thread (fanout.py), which renders each broadcast group's frames once and queues the same bytes here for each
+  member's non-blocking write. Past
   `max_websockets` per process, or `max_websockets_per_client`, the handshake is refused with a 503 at once.
 - No `Server` header; X-Forwarded-* are left to the app (ProxyFix, by `trusted_proxies`).
 """

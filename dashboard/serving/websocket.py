@@ -7,6 +7,9 @@ import base64
 import contextlib
 import hashlib
 import logging
+import threading
+import time
+from typing import Any
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
@@ -17,7 +20,7 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PING_INTERVAL = 20.0  # seconds between pings; a client silent for two intervals is gone
 MAX_INCOMING_MESSAGE = 64 * 1024  # clients only ever send pings and closes; anything big is refused (1009)
 MAX_BACKLOG_BYTES = 8 * 1024 * 1024  # queued for a client that does not read: past this it is dropped (1008)
-SOFT_BACKLOG_BYTES = 256 * 1024  # past this the fan-out skips the client's frames (its changes coalesce)
+SOFT_BACKLOG_BYTES = 256 * 1024  # past this the fan-out skips the client's frames (a snapshot once it caught up)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -39,19 +42,52 @@ class FrameCache:
         self._items: dict[str, bytes] = {}
         self._size = size
 
-    def frames(self, messages: list[str]) -> bytes:
-        """The messages framed, back to back: one write for a client's whole frame."""
+    def frames(self, messages: list[str], *, keep: bool = True) -> bytes:
+        """The messages framed, back to back: one write for a client's whole frame (`keep`: remember them)."""
         out = []
         for message in messages:
             if not message:
                 continue
             framed = self._items.get(message)
-            if framed is None:
+            if framed is None and not keep:
+                framed = text_frame(message.encode("utf-8"))
+            elif framed is None:
                 if len(self._items) >= self._size:
                     self._items.clear()
                 framed = self._items[message] = text_frame(message.encode("utf-8"))
             out.append(framed)
         return b"".join(out)
+
+
+WRITES_AT_ONCE = 100  # a tick's writes go out in slices, so that requests' reads and writes come in between
+
+
+class Written(threading.Event):
+    """Set once a tick's writes are done; `cpu_seconds`: the loop thread's CPU time they took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu_seconds = 0.0
+
+
+def write_all(writes: list[tuple[Any, bytes]], written: Written | None = None, start: int = 0) -> None:
+    """On the loop: write each (connection, frames) pair of a tick of the fan-out, a slice per callback, then set
+    `written`."""
+    end = min(len(writes), start + WRITES_AT_ONCE)
+    cpu = time.thread_time()
+    try:
+        for connection, frames in writes[start:end]:
+            try:
+                connection.write_frames(frames)
+            except Exception:  # noqa: BLE001 - one broken socket must not cost the others their frames
+                log.exception("writing a websocket frame failed")
+    finally:
+        if written is not None:
+            written.cpu_seconds += time.thread_time() - cpu
+        if end < len(writes):
+            asyncio.get_running_loop().call_soon(write_all, writes, written, end)
+        elif written is not None:
+            written.set()
 
 
 def accept_token(key: bytes) -> bytes:
@@ -80,15 +116,17 @@ class WebSocketConnection:
 
     @property
     def lagging(self) -> bool:
-        """True while the client is behind: the fan-out holds its frames back (its changes coalesce meanwhile)."""
+        """True while the client is behind: the fan-out skips its frames (and sends a snapshot once it caught up)."""
         return self.backlog > SOFT_BACKLOG_BYTES
 
     def send_threadsafe(self, frames: bytes) -> None:
         """Queue already framed text messages (FrameCache.frames) from another thread: the loop only writes."""
         if not self.closed and frames:
-            self.loop.call_soon_threadsafe(self._send, frames)
+            self.loop.call_soon_threadsafe(self.write_frames, frames)
 
-    def _send(self, frames: bytes) -> None:
+    def write_frames(self, frames: bytes) -> None:
+        """Write already framed text messages (on the loop's thread). The bytes object may be shared by many
+        clients: the transport sends it as it is, and copies only what the kernel did not take."""
         if self.closed or self.ws.state is not ConnectionState.OPEN:
             return
         self.writer.write(frames)

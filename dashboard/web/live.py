@@ -1,9 +1,12 @@
 """Websockets: `/ws/ui` pushes htmx fragments to the pages, `/ws/events` streams JSON to tools.
 
-Each connection is a LiveSession with its own Hub subscriber: a full snapshot first, then, at a bounded frame
-rate, the current state of whatever changed since its last frame. A client that cannot keep up only delays
-itself; if its pending changes overflow, it gets a fresh snapshot instead. Under `serve` one fan-out thread
-drives every session of the process (dashboard/serving); under Flask's dev server each socket holds a thread.
+Each connection is a LiveSession: a full snapshot first, then, at a bounded frame rate, the current state of
+whatever changed since its last frame. Under `serve` one fan-out thread drives every socket of the process
+(dashboard/serving) and sessions in the same `group` (same stream, same normalised arguments, same path prefix,
+same role) share one Broadcast: one hub subscriber, one rendering per frame for all of them, the CSRF token of
+operators' forms rendered as a placeholder that the fan-out replaces per client. A client that cannot keep up
+skips frames and gets a fresh snapshot once it caught up. Under Flask's dev server each socket holds a thread and
+its own subscriber.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import session as cookie_session
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
@@ -38,6 +43,13 @@ JSON_FRAME_SECONDS = 0.05
 IDLE_WAKE_SECONDS = 10.0  # how often an idle connection checks that its client is still there
 SNAPSHOT_TASKS_DEFAULT = 100
 SNAPSHOT_TASKS_MAX = 1000
+# What a group's frames carry where an operator's form holds its session's CSRF token (token_urlsafe: HTML
+# escaping leaves it as it is); the fan-out puts each client's own token in its place.
+CSRF_PLACEHOLDER = "csrf-placeholder-" + secrets.token_urlsafe(18)
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass
@@ -54,7 +66,19 @@ class LiveSession:
     # the request context (the same app, request and identity) that rendering needs.
     hub: Hub | None = None
     context: Callable[[], AbstractContextManager[None]] = nullcontext
+    # Sessions with equal groups are sent the same frames (the view's part: what it follows; open_session adds the
+    # path prefix and the role). `joined` tells a group's session that clients were just sent a snapshot.
+    group: Hashable = None
+    joined: Callable[[], None] = _nothing
+    secret: str = ""  # this client's CSRF token, which CSRF_PLACEHOLDER stands for in a group's frames
+    make_broadcast: Callable[[], Broadcast] | None = None
     _subscriber: Subscriber | None = None
+
+    def broadcast(self) -> Broadcast:
+        """A Broadcast for this session's group (built for its first member)."""
+        if self.make_broadcast is None:
+            raise RuntimeError("this session was not opened for a serving loop")
+        return self.make_broadcast()
 
     def open(self) -> None:
         """Start receiving changes (from now on: the snapshot that follows includes everything before)."""
@@ -86,6 +110,48 @@ class LiveSession:
         """Stop receiving changes."""
         if self.hub is not None and self._subscriber is not None:
             self.hub.unsubscribe(self._subscriber)
+
+
+class Broadcast:
+    """One group's frames, rendered once for all its clients (dashboard/serving/fanout.py drives it).
+
+    Two sessions of the group's view, both rendering in the group's context (the path prefix and role of its
+    clients, CSRF_PLACEHOLDER as the CSRF token): `updates` follows the hub and renders the frames; `joiners`
+    renders the snapshot a client joining (or catching up) is sent, without disturbing what `updates` remembers
+    of what the group's clients show.
+    """
+
+    def __init__(self, updates: LiveSession, joiners: LiveSession) -> None:
+        self.updates = updates
+        self.joiners = joiners
+        self.frame_seconds = updates.frame_seconds
+        self.placeholder = CSRF_PLACEHOLDER
+
+    def open(self) -> None:
+        """Start receiving changes."""
+        self.updates.open()
+
+    @property
+    def has_changes(self) -> bool:
+        """True when something changed since the last frame."""
+        return self.updates.has_changes
+
+    def snapshot(self) -> list[str]:
+        """What a client joining now is sent first."""
+        with self.joiners.context():
+            return self.joiners.snapshot()
+
+    def joined(self) -> None:
+        """Clients were just sent a snapshot: the next frame must suit them too."""
+        self.updates.joined()
+
+    def frame(self) -> list[str] | None:
+        """The group's next frame (a snapshot after an overflow); None once closed."""
+        return self.updates.frame(first=False)
+
+    def close(self) -> None:
+        """Stop receiving changes."""
+        self.updates.close()
 
 
 def _pump(ws: Any, svc: Services, session: LiveSession) -> None:
@@ -137,12 +203,27 @@ def _tasks_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
     except views.FilterError:
         filters = views.TaskFilters()
     shown: set[str] = set()
+    # Clients that just joined show the table as it is now, the others as it was at the last frame: the next
+    # change redraws it for all (else a page other than the first would get rows some clients do not have).
+    redraw = [False]
 
     def snapshot() -> list[str]:
+        redraw[0] = False
         return [_status_html(svc) + views.workers_fragment(svc) + _table(svc, filters, shown)]
 
-    return LiveSession(snapshot, lambda batch: tasks_update(svc, filters, shown, batch, _chrome(svc, batch)),
-                       UI_FRAME_SECONDS)
+    def update(batch: Batch) -> list[str]:
+        messages = tasks_update(svc, filters, shown, batch, _chrome(svc, batch), redraw=redraw[0])
+        if batch.get("task"):
+            redraw[0] = False
+        return messages
+
+    def joined() -> None:
+        redraw[0] = True
+
+    search = filters.search
+    group = ("tasks", filters.state, filters.name, filters.queue, filters.worker, filters.limit, filters.offset,
+             filters.sort, filters.q, search.since if search else None, search.until if search else None)
+    return LiveSession(snapshot, update, UI_FRAME_SECONDS, group=group, joined=joined)
 
 
 def _task_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
@@ -165,13 +246,18 @@ def _task_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
             task.parent_id in members for task in svc.state.tasks_by_id(key for key in changed if key not in members))
         return [_chrome(svc, batch) + detail + (family() if related else "")]
 
-    return LiveSession(snapshot, update, UI_FRAME_SECONDS)
+    def joined() -> None:
+        # A group's frames start without a snapshot of their own: the tree its clients were just sent.
+        found = svc.state.family(task_id)
+        shown[0] = frozenset(member.task.id for member in found.members) if found is not None else frozenset()
+
+    return LiveSession(snapshot, update, UI_FRAME_SECONDS, group=("task", task_id), joined=joined)
 
 
 def _workers_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
     return LiveSession(lambda: [_status_html(svc) + views.workers_fragment(svc)],
                        lambda b: [_chrome(svc, b) + (views.workers_fragment(svc) if b.get("worker") else "")],
-                       UI_FRAME_SECONDS)
+                       UI_FRAME_SECONDS, group=("workers",))
 
 
 def _routing_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
@@ -190,7 +276,7 @@ def _routing_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
         return ["".join(parts)]
 
     return LiveSession(lambda: [_status_html(svc) + views.alerts_panel_fragment(svc) + views.routing_fragment(svc)],
-                       update, UI_FRAME_SECONDS)
+                       update, UI_FRAME_SECONDS, group=("routing",))
 
 
 def _alerts_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
@@ -201,11 +287,12 @@ def _alerts_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
 
     return LiveSession(lambda: [_status_html(svc) + views.alerts_panel_fragment(svc)
                                 + views.alert_history_fragment(svc) + views.webhook_status_fragment(svc)],
-                       update, UI_FRAME_SECONDS)
+                       update, UI_FRAME_SECONDS, group=("alerts",))
 
 
 def _status_view(svc: Services, args: Mapping[str, str]) -> LiveSession:
-    return LiveSession(lambda: [_status_html(svc)], lambda b: [_chrome(svc, b)], UI_FRAME_SECONDS)
+    return LiveSession(lambda: [_status_html(svc)], lambda b: [_chrome(svc, b)], UI_FRAME_SECONDS,
+                       group=("status",))
 
 
 UI_VIEWS: dict[str, Callable[[Services, Mapping[str, str]], LiveSession]] = {
@@ -219,8 +306,10 @@ def ui_session(svc: Services, args: Mapping[str, str]) -> LiveSession:
     return UI_VIEWS.get(args.get("view", "status"), _status_view)(svc, args)
 
 
-def tasks_update(svc: Services, filters: views.TaskFilters, shown: set[str], batch: Batch, chrome: str) -> list[str]:
-    """The tasks page's messages for one frame: chrome, workers and table in one, changed rows in another.
+def tasks_update(svc: Services, filters: views.TaskFilters, shown: set[str], batch: Batch, chrome: str, *,
+                 redraw: bool = False) -> list[str]:
+    """The tasks page's messages for one frame: chrome, workers and table in one, changed rows in another
+    (`redraw`: the whole table when a task changed, whatever it was).
 
     Rows travel alone because the browser parses each message as one fragment, and the HTML parser drops a
     <tr> that follows any other element: the row would never update, and its cells' links and badges would
@@ -231,11 +320,11 @@ def tasks_update(svc: Services, filters: views.TaskFilters, shown: set[str], bat
     if batch.get("worker"):
         parts.append(views.workers_fragment(svc))
     changed = batch.get("task")
-    if changed and filters.search is not None and not _touches_search(svc, filters, shown, changed):
+    if changed and not redraw and filters.search is not None and not _touches_search(svc, filters, shown, changed):
         changed = []  # nothing shown changed and nothing new matches: the search is not run again
     if changed:
         unseen = any(key not in shown for key in changed)
-        if filters.active or filters.sorted or (unseen and filters.offset == 0):
+        if redraw or filters.active or filters.sorted or (unseen and filters.offset == 0):
             parts.append(_table(svc, filters, shown))
         else:
             # The rows change in place; the counts beside them change with them (a task that finished moves
@@ -308,7 +397,9 @@ def events_session(svc: Services, args: Mapping[str, str]) -> LiveSession:
         limit = SNAPSHOT_TASKS_DEFAULT
     limit = max(0, min(limit, SNAPSHOT_TASKS_MAX))
 
-    alerts_seen = [0]  # alert changes already reflected in what this client has
+    # Alert changes already reflected in what the client has (a group's frames start from the group's start:
+    # its clients' snapshots came after).
+    alerts_seen = [svc.routing.changes_total]
 
     def snapshot() -> list[str]:
         alerts_seen[0] = svc.routing.changes_total
@@ -317,7 +408,7 @@ def events_session(svc: Services, args: Mapping[str, str]) -> LiveSession:
     def update(batch: Batch) -> list[str]:
         return list(_messages(svc, batch, alerts_seen))
 
-    return LiveSession(snapshot, update, JSON_FRAME_SECONDS)
+    return LiveSession(snapshot, update, JSON_FRAME_SECONDS, group=("events", limit))
 
 
 SESSIONS: dict[str, Callable[[Services, Mapping[str, str]], LiveSession]] = {
@@ -328,16 +419,20 @@ SESSIONS: dict[str, Callable[[Services, Mapping[str, str]], LiveSession]] = {
 
 def open_session() -> LiveSession:
     """The session the current websocket request asks for (its endpoint and query arguments), able to render
-    its frames later, from another thread, in a copy of this request's context."""
+    its frames later, from another thread, in a copy of this request's context; and the Broadcast its group
+    shares under `serve`."""
     endpoint = request.endpoint or ""
     identity = g.get("identity")
     svc = services()
     svc.ensure_started()
-    session = SESSIONS[endpoint](svc, request.args)
+    make = SESSIONS[endpoint]
+    args = dict(request.args.items())
+    session = make(svc, args)
     session.client = identity.name if identity is not None and identity.via != "open" else (request.remote_addr or "")
     session.hub = svc.monitor.hub
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    environ = {key: value for key, value in request.environ.items() if not key.startswith(("wsgi.input", "dashboard."))}
+    environ = {key: value for key, value in request.environ.items()
+               if not key.startswith(("wsgi.input", "dashboard.", "werkzeug."))}
     environ["wsgi.input"] = io.BytesIO()
 
     @contextmanager
@@ -347,6 +442,30 @@ def open_session() -> LiveSession:
             yield
 
     session.context = context
+    # What a page's fragments depend on besides the view: url_for's prefix, and the role (an operator's buttons).
+    # The JSON stream has neither.
+    role = identity.role if identity is not None else None
+    rendered_for = (request.script_root, role) if endpoint == "live.ui" else ()
+    session.group = (endpoint, session.group if session.group is not None else object(), *rendered_for)
+    token = cookie_session.get("csrf")  # without one, a page's forms get a token no request will carry, as before
+    session.secret = token if isinstance(token, str) else secrets.token_urlsafe(32)
+    # The group's renderers know nobody's cookie or credentials: only the role, the prefix and the placeholder.
+    shared_environ = {key: value for key, value in environ.items() if key not in ("HTTP_COOKIE", "HTTP_AUTHORIZATION")}
+
+    @contextmanager
+    def shared_context() -> Iterator[None]:
+        with app.request_context(shared_environ):
+            g.identity = identity
+            cookie_session["csrf"] = CSRF_PLACEHOLDER
+            yield
+
+    def make_broadcast() -> Broadcast:
+        with shared_context():
+            updates, joiners = make(svc, args), make(svc, args)
+        updates.hub, updates.context, joiners.context = svc.monitor.hub, shared_context, shared_context
+        return Broadcast(updates, joiners)
+
+    session.make_broadcast = make_broadcast
     return session
 
 
