@@ -90,7 +90,7 @@ def test_the_message_goes_where_resolve_said_with_the_calls_options(
 
     assert sent.task_id == task_id
     assert resolution.queue == queue
-    keys = [key.decode() for key in broker.keys(f"{queue}*")]
+    keys = [key if isinstance(key, str) else key.decode() for key in broker.keys(f"{queue}*")]
     message = next(m for key in keys for m in [_message_or_none(broker, key, task_id)] if m is not None)
     assert message["headers"]["task"] == name
     if options.priority is not None:
