@@ -246,6 +246,18 @@ def test_api_refuses_bad_parameters_with_400(client: FlaskClient, query: str, sa
     assert says in payload["error"]
 
 
+def test_a_dispatch_whose_outcome_never_came_is_listed_as_unknown_with_its_task_id(client: FlaskClient,
+                                                                                  audit: AuditLog) -> None:
+    audit.record(entry(at=T0, outcome="sent", task_id="t-sent"))
+    audit.record(entry(at=T0 + 1, outcome="unknown", task_id="t-unknown"))
+
+    status, payload = api(client, "?outcome=unknown")
+    page = client.get("/audit?outcome=unknown")
+
+    assert status == 200 and [(e["outcome"], e["task_id"]) for e in payload["entries"]] == [("unknown", "t-unknown")]
+    assert page.status_code == 200 and b"t-unknown" in page.data and b"t-sent" not in page.data
+
+
 def test_entries_survive_a_restart_of_the_app(broker_url: str, backend_url: str, tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite3"
     config = dashboard_config(broker_url, backend_url)
