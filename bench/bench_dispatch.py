@@ -79,6 +79,18 @@ class Dashboard:
                 raise RuntimeError(f"dashboard not live within {READY_TIMEOUT:.0f} s\n{log_tail(self.log_path)}")
             time.sleep(0.1)
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the server and its worker processes so far (a figure the machine's other load barely moves)."""
+        total = 0.0
+        pids = [self.proc.pid]
+        while pids:
+            pid = pids.pop()
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                pids += [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return total
+
     def close(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -105,7 +117,9 @@ def client_loop(port: int, count: int, samples: list[float], errors: list[str]) 
     conn.close()
 
 
-def run_phase(port: int, clients: int, per_client: int) -> dict[str, Any]:
+def run_phase(dash: Dashboard, clients: int, per_client: int) -> dict[str, Any]:
+    port = dash.port
+    cpu = dash.cpu_seconds()
     samples: list[float] = []
     errors: list[str] = []
     threads = [threading.Thread(target=client_loop, args=(port, per_client, samples, errors)) for _ in range(clients)]
@@ -115,10 +129,12 @@ def run_phase(port: int, clients: int, per_client: int) -> dict[str, Any]:
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    cpu = dash.cpu_seconds() - cpu
     ordered = sorted(samples)
     return {"clients": clients, "n": len(samples), "errors": len(errors), "first_error": errors[0] if errors else None,
             "per_s": len(samples) / elapsed, "p50_ms": 1000 * statistics.median(ordered),
-            "p95_ms": 1000 * ordered[int(0.95 * (len(ordered) - 1))], "max_ms": 1000 * ordered[-1]}
+            "p95_ms": 1000 * ordered[int(0.95 * (len(ordered) - 1))], "max_ms": 1000 * ordered[-1],
+            "cpu_ms": 1000 * cpu / max(len(samples), 1)}
 
 
 def flush(redis: Any) -> None:
@@ -134,11 +150,11 @@ def measure(tree: Path, redis: Any, workdir: Path, args: argparse.Namespace) -> 
     dash = Dashboard(tree, redis.url(), workdir, args.server)
     try:
         dash.wait_live()
-        run_phase(dash.port, 1, args.warmup)  # warm-up: connections, imports, the audit file
+        run_phase(dash, 1, args.warmup)  # warm-up: connections, imports, the audit file
         flush(redis)
-        sequential = run_phase(dash.port, 1, args.requests)
+        sequential = run_phase(dash, 1, args.requests)
         flush(redis)
-        concurrent = run_phase(dash.port, args.clients, args.requests // args.clients)
+        concurrent = run_phase(dash, args.clients, args.requests // args.clients)
         flush(redis)
         return {"sequential": sequential, "concurrent": concurrent}
     finally:
@@ -159,6 +175,7 @@ def main() -> None:
     base = args.workdir or Path(tempfile.mkdtemp(prefix="bench-dispatch-", dir="/var/tmp"))
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f}; audit logs under {base}")
+    print("# server CPU: the dashboard's processes' CPU time per request (other load on the machine barely moves it)")
     redis = RedisServer(directory=base / "redis")
     redis.start()
     try:
@@ -166,9 +183,11 @@ def main() -> None:
             for index, tree in enumerate(trees):
                 result = measure(tree, redis, base / f"r{round_}-t{index}", args)
                 for phase, figures in result.items():
-                    print(f"round {round_} {str(tree):<32} {phase:<10} clients {figures['clients']:>2}  "
+                    print(f"round {round_} load {os.getloadavg()[0]:4.2f} {str(tree):<24} {phase:<10} "
+                          f"clients {figures['clients']:>2}  "
                           f"n {figures['n']:>5}  {figures['per_s']:7.1f}/s  p50 {figures['p50_ms']:5.2f} ms  "
                           f"p95 {figures['p95_ms']:5.2f} ms  max {figures['max_ms']:6.1f} ms  "
+                          f"server CPU {figures['cpu_ms']:4.2f} ms/req  "
                           f"errors {figures['errors']}" + (f" ({figures['first_error']})" if figures["errors"] else ""),
                           flush=True)
     finally:
