@@ -65,6 +65,8 @@ class GroupCommit:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._idle = False  # the writer thread waits for work (only then does a submit wake it)
+        self._flushers = 0  # threads in flush() (only then does a finished batch wake them)
 
     @property
     def pending(self) -> int:
@@ -87,7 +89,8 @@ class GroupCommit:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name=f"{self._name}-writer", daemon=True)
                     self._thread.start()
-                self._cond.notify()
+                elif self._idle:
+                    self._cond.notify_all()
                 return write
         _finish(write)
         return write
@@ -96,7 +99,11 @@ class GroupCommit:
         """Wait until every write queued before this call is written or failed (True), or `timeout` seconds."""
         with self._cond:
             target = self._submitted
-            return self._cond.wait_for(lambda: self._finished >= target or self._pid != os.getpid(), timeout)
+            self._flushers += 1
+            try:
+                return self._cond.wait_for(lambda: self._finished >= target or self._pid != os.getpid(), timeout)
+            finally:
+                self._flushers -= 1
 
     def close(self) -> None:
         """Write what is queued (waiting up to CLOSE_WAIT), then refuse further writes."""
@@ -111,7 +118,9 @@ class GroupCommit:
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
+                    self._idle = True
                     self._cond.wait()
+                    self._idle = False
                 if not self._queue:
                     return  # closed and drained
                 batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
@@ -120,7 +129,8 @@ class GroupCommit:
                 _finish(write)
             with self._cond:
                 self._finished += len(batch)
-                self._cond.notify_all()
+                if self._flushers:
+                    self._cond.notify_all()
 
     def _write(self, batch: list[Write]) -> None:
         try:
