@@ -162,3 +162,37 @@ def test_a_callback_hears_of_each_write(writer: GroupCommit) -> None:
 
     assert writer.flush(DEADLINE)
     assert heard == [ok, bad] and ok.error is None and bad.error is not None
+
+
+def test_a_relaxed_write_rides_with_the_next_durable_write(database: Database) -> None:
+    writer = GroupCommit(database.commit, "test", linger=60.0)  # it would wait a minute for a durable write
+    try:
+        assert writer.submit(write("dispatch 1")).wait(DEADLINE)
+        outcome = writer.submit(write("outcome 1", durable=False))
+        following = writer.submit(write("dispatch 2"))
+
+        assert following.wait(DEADLINE) and outcome.done.is_set()
+        assert database.batches == [(["dispatch 1"], True), (["outcome 1", "dispatch 2"], True)]
+    finally:
+        writer.close()
+
+
+def test_a_reader_has_lingering_relaxed_writes_written_at_once(database: Database) -> None:
+    writer = GroupCommit(database.commit, "test", linger=60.0)
+    try:
+        outcome = writer.submit(write("outcome", durable=False))
+
+        assert writer.flush(DEADLINE) and outcome.done.is_set() and outcome.error is None
+        assert database.batches == [(["outcome"], False)]
+    finally:
+        writer.close()
+
+
+def test_close_writes_lingering_relaxed_writes(database: Database) -> None:
+    writer = GroupCommit(database.commit, "test", linger=60.0)
+    assert writer.submit(write("dispatch")).wait(DEADLINE)
+    outcome = writer.submit(write("outcome", durable=False))
+
+    writer.close()
+
+    assert outcome.done.is_set() and outcome.error is None and database.batches[-1] == (["outcome"], False)

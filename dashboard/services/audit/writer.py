@@ -3,8 +3,11 @@ so that concurrent dispatches share one fsync. No Flask here.
 
 A write is durable (its caller waits for it: the commit is synced to disk) or relaxed (a dispatch's outcome,
 written after its answer: committed without waiting for the disk; a later durable commit or a checkpoint makes
-it durable). A batch with one durable write is committed durably. One failing statement does not take the others
-down: a batch that fails is written again one write at a time.
+it durable). A batch with one durable write is committed durably. Relaxed writes wait up to `linger` for the next
+durable write and share its commit (in a stream of dispatches, each outcome rides with the next dispatch's
+write: one transaction and one wake-up of this thread per dispatch, not two); a reader in this process (`flush`)
+or `close` has them written at once. One failing statement does not take the others down: a batch that fails is
+written again one write at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH: Final = 256  # writes per transaction
 MAX_PENDING: Final = 10_000  # writes waiting at most; past this a write fails at once (counted by the store)
 CLOSE_WAIT: Final = 10.0  # seconds close() lets the writer finish what is queued
+LINGER: Final = 0.05  # seconds a relaxed write waits for a durable one to share its commit
 
 
 class WriterClosed(Exception):
@@ -55,9 +60,10 @@ class Write:
 class GroupCommit:
     """One writer thread (started on the first write, again after a fork) committing queued writes in batches."""
 
-    def __init__(self, commit: Callable[[Sequence[Write], bool], None], name: str) -> None:
+    def __init__(self, commit: Callable[[Sequence[Write], bool], None], name: str, linger: float = LINGER) -> None:
         self._commit = commit  # writes every write of the batch in one transaction, or raises
         self._name = name
+        self._linger = linger
         self._cond = threading.Condition()
         self._queue: deque[Write] = deque()
         self._submitted = 0
@@ -65,7 +71,9 @@ class GroupCommit:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
-        self._idle = False  # the writer thread waits for work (only then does a submit wake it)
+        self._idle = False  # the writer thread waits (only then does a durable write wake it)
+        self._sleeping = False  # ... and has nothing to do, not even a lingering relaxed write (a relaxed one wakes it)
+        self._durable = 0  # durable writes queued
         self._flushers = 0  # threads in flush() (only then does a finished batch wake them)
 
     @property
@@ -79,17 +87,18 @@ class GroupCommit:
         with self._cond:
             if self._pid != os.getpid():  # forked: the parent's thread does not exist here
                 self._pid, self._thread, self._queue = os.getpid(), None, deque()
-                self._submitted = self._finished = 0
+                self._submitted = self._finished = self._durable = 0
             if self._closed or len(self._queue) >= MAX_PENDING:
                 problem = "closed" if self._closed else f"{MAX_PENDING} writes are already waiting"
                 write.error = WriterClosed(f"the audit log is {problem}" if self._closed else problem)
             else:
                 self._queue.append(write)
                 self._submitted += 1
+                self._durable += write.durable
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name=f"{self._name}-writer", daemon=True)
                     self._thread.start()
-                elif self._idle:
+                elif self._sleeping or (write.durable and self._idle):
                     self._cond.notify_all()
                 return write
         _finish(write)
@@ -100,6 +109,8 @@ class GroupCommit:
         with self._cond:
             target = self._submitted
             self._flushers += 1
+            if self._idle:
+                self._cond.notify_all()  # lingering relaxed writes: now
             try:
                 return self._cond.wait_for(lambda: self._finished >= target or self._pid != os.getpid(), timeout)
             finally:
@@ -115,22 +126,44 @@ class GroupCommit:
             thread.join(CLOSE_WAIT)
 
     def _run(self) -> None:
+        just_wrote = False
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
-                    self._idle = True
-                    self._cond.wait()
-                    self._idle = False
-                if not self._queue:
-                    return  # closed and drained
-                batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+                batch = self._next_batch(just_wrote)
+            if not batch:
+                return  # closed and drained
             self._write(batch)
+            just_wrote = True
             for write in batch:
                 _finish(write)
             with self._cond:
                 self._finished += len(batch)
                 if self._flushers:
                     self._cond.notify_all()
+
+    def _next_batch(self, just_wrote: bool) -> list[Write]:
+        """Wait (holding the condition) until a batch is due: a durable write, a flush, close, or relaxed writes
+        that lingered long enough; take it. Right after a batch, wait up to `linger` before sleeping, so that the
+        relaxed writes that follow a durable one (its dispatch's outcome) need no wake-up."""
+        deadline = time.monotonic() + self._linger if just_wrote else None
+        while True:
+            if self._queue and (self._durable or self._flushers or self._closed):
+                break
+            if self._closed:
+                return []
+            now = time.monotonic()
+            if self._queue and deadline is None:
+                deadline = now + self._linger
+            if deadline is not None and now >= deadline:
+                if self._queue:
+                    break
+                deadline = None
+            self._idle, self._sleeping = True, deadline is None
+            self._cond.wait(None if deadline is None else deadline - now)
+            self._idle = self._sleeping = False
+        batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
+        self._durable -= sum(write.durable for write in batch)
+        return batch
 
     def _write(self, batch: list[Write]) -> None:
         try:
