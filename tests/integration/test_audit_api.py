@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -298,6 +299,31 @@ def test_an_api_dispatch_is_recorded_as_sent(client: FlaskClient, audit: AuditLo
     assert (recorded.source, recorded.who, recorded.name) == ("api", "anonymous", UNFURL)
     assert json.loads(recorded.kwargs) == {"url": "https://example.com/a"}
     assert recorded.remote_addr == "127.0.0.1"
+
+
+def test_concurrent_dispatches_are_each_recorded_once_as_sent_with_their_task_id(app: Flask, audit: AuditLog) -> None:
+    clients, each = 8, 10
+    answers: list[tuple[int, str]] = []
+    start = threading.Barrier(clients)
+
+    def dispatch() -> None:
+        client = app.test_client()
+        start.wait()
+        for _ in range(each):
+            response = client.post("/api/dispatch", json={"name": UNFURL, "kwargs": {"url": "https://e.com"},
+                                                          "force": True})
+            answers.append((response.status_code, response.get_json()["task_id"]))
+
+    threads = [threading.Thread(target=dispatch) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    found, total = audit.query(limit=1000)
+    assert [status for status, _ in answers] == [202] * clients * each
+    assert total == clients * each and audit.write_errors == 0
+    assert sorted((e.outcome, e.task_id) for e in found) == sorted(("sent", task_id) for _, task_id in answers)
 
 
 def test_a_form_dispatch_is_recorded_with_its_source(client: FlaskClient, audit: AuditLog) -> None:
