@@ -301,6 +301,30 @@ def test_an_api_dispatch_is_recorded_as_sent(client: FlaskClient, audit: AuditLo
     assert recorded.remote_addr == "127.0.0.1"
 
 
+def test_a_dispatch_is_in_the_log_with_its_task_id_while_it_is_published(app: Flask, audit: AuditLog,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = services(app)
+    publish = svc.client.send
+    seen: list[tuple[str | None, list[AuditEntry]]] = []
+
+    def watched(request: Any, resolution: Any = None, task_id: str | None = None) -> Any:
+        audit.flush()  # the write queued before the publish has been committed...
+        with AuditLog(audit.path) as another_process:  # ...and is what a crash now would leave
+            seen.append((task_id, another_process.query()[0]))
+        return publish(request, resolution, task_id)
+
+    monkeypatch.setattr(svc.client, "send", watched)
+
+    response = app.test_client().post("/api/dispatch", json={"name": UNFURL, "kwargs": {"url": "https://e.com"}})
+
+    assert response.status_code == 202, response.data
+    ((task_id, (during,)),) = seen
+    assert task_id == response.get_json()["task_id"]
+    assert (during.outcome, during.task_id, during.queue) == ("unknown", task_id, "default")
+    (after,), _ = audit.query()
+    assert (after.id, after.outcome, after.task_id) == (during.id, "sent", task_id)
+
+
 def test_concurrent_dispatches_are_each_recorded_once_as_sent_with_their_task_id(app: Flask, audit: AuditLog) -> None:
     clients, each = 8, 10
     answers: list[tuple[int, str]] = []
