@@ -35,6 +35,9 @@ READ_FLUSH_WAIT: Final = 2.0  # seconds a read waits for this process's queued w
 
 DISPATCH_COLUMNS: Final = ("id", "at", "who", "source", "remote_addr", "name", "args", "kwargs", "options",
                            "queue", "forced", "outcome", "task_id", "error")
+#: What a dispatch's outcome changes in the entry written before it was published (the rest, and the indexes on
+#: time and name, stay as they are).
+OUTCOME_COLUMNS: Final = ("queue", "outcome", "task_id", "error")
 ACTION_COLUMNS: Final = ("id", "at", "who", "source", "remote_addr", "action", "target", "detail", "outcome",
                          "error")
 
@@ -150,8 +153,10 @@ class AuditStore(abc.ABC):
         p = self.param
         row_id = write.updates
         if row_id is not None:
-            assignments = ", ".join(f"{column} = {p}" for column in write.columns)
-            return f"UPDATE {write.table} SET {assignments} WHERE id = {p}", (*write.row, row_id)
+            changes = write.changes or write.columns
+            assignments = ", ".join(f"{column} = {p}" for column in changes)
+            values = (write.row[write.columns.index(column)] for column in changes)
+            return f"UPDATE {write.table} SET {assignments} WHERE id = {p}", (*values, row_id)
         return (f"INSERT INTO {write.table} ({', '.join(write.columns)}) "
                 f"VALUES ({', '.join([p] * len(write.columns))}){self.returning}", write.row)
 
@@ -199,7 +204,7 @@ class AuditStore(abc.ABC):
             return self.record(entry)
         try:
             self._writer.submit(Write("dispatches", DISPATCH_COLUMNS[1:], dispatch_row(entry), durable=False,
-                                      after=begun, on_done=self._check_outcome(entry)))
+                                      after=begun, changes=OUTCOME_COLUMNS, on_done=self._check_outcome(entry)))
         except Exception:
             count = self._count_failure()
             log.exception("audit: could not queue the %s outcome of the dispatch of %r (%d failed so far)",

@@ -42,6 +42,7 @@ class Write:
     row: tuple[Any, ...]
     durable: bool = True
     after: Write | None = None  # an update of that write's row; an insert when that write failed
+    changes: tuple[str, ...] = ()  # the columns an update sets (all of `columns` when empty)
     on_done: Callable[[Write], None] | None = None  # called on the writer thread once written or failed
     row_id: int | None = None
     error: BaseException | None = None
