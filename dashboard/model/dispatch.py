@@ -19,6 +19,11 @@ from .values import is_number, is_whole
 #: error: anything else (a bug: the log has the traceback).
 DispatchOutcome = Literal["sent", "refused", "invalid", "unavailable", "routing_error", "error"]
 OUTCOMES: Final[tuple[DispatchOutcome, ...]] = get_args(DispatchOutcome)
+#: What the audit log says of an attempt: a dispatch outcome, or unknown: the attempt was written before it was
+#: published and its outcome never was (the process stopped in between, or writing the outcome failed). Its
+#: task id is the one the task was (or would have been) published with: look for it before sending again.
+AuditOutcome = DispatchOutcome | Literal["unknown"]
+AUDIT_OUTCOMES: Final[tuple[AuditOutcome, ...]] = (*OUTCOMES, "unknown")
 
 MAX_DELAY_SECONDS = 366 * 24 * 3600  # countdown, ETA and expiry: at most a year ahead
 ETA_PAST_TOLERANCE = timedelta(seconds=60)  # clock skew we forgive on an ETA

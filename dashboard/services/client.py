@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import importlib
 import logging
@@ -67,6 +68,9 @@ class Resolution:
     exchange: str
     routing_key: str
     source: RouteMatch
+    #: What Celery's router answered (queue, exchange, routing_key...): handed back to `send_task` as is, so that
+    #: publishing does not route a second time.
+    destination: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -200,7 +204,7 @@ class SendOnlyClient:
             routing_key = str(route.get("routing_key") or queue_name)
         if hasattr(exchange, "name"):
             exchange = exchange.name
-        return Resolution(name, queue_name, str(exchange), str(routing_key), self._route_match(name, wanted))
+        return Resolution(name, queue_name, str(exchange), str(routing_key), self._route_match(name, wanted), route)
 
     def _route_match(self, name: str, wanted: Mapping[str, Any]) -> RouteMatch:
         """Which task_routes entry Celery matched, found by asking each prepared router in Celery's order."""
@@ -224,13 +228,17 @@ class SendOnlyClient:
                 return RouteMatch("route", router=f"router #{index + 1}: {_describe(candidate)}")
         return RouteMatch("default")
 
-    def send(self, request: DispatchRequest, resolution: Resolution | None = None) -> SentTask:
-        """Publish the task where `resolution` says (resolved here when not given); raise BrokerUnavailable within
-        the timeouts when the broker cannot take it."""
+    def send(self, request: DispatchRequest, resolution: Resolution | None = None,
+             task_id: str | None = None) -> SentTask:
+        """Publish the task (as `task_id` when given) where `resolution` says (resolved here when not given); raise
+        BrokerUnavailable within the timeouts when the broker cannot take it."""
         if resolution is None:
             resolution = self.resolve(request.name, request.options, request.args, request.kwargs)
         options = request.options.as_celery_options()
-        options["queue"] = resolution.queue
+        options.pop("queue", None)  # the resolution's destination has it, with its exchange and routing key
+        options["router"] = _Resolved(resolution)
+        if task_id is not None:
+            options["task_id"] = task_id
         started = time.monotonic()
         if not self._slots.acquire(timeout=min(SLOT_WAIT_SECONDS, self.settings.timeout)):
             message = (f"the broker at {self.broker_display} is not answering: {MAX_PUBLISHES_AT_ONCE} dispatches "
@@ -261,9 +269,11 @@ class SendOnlyClient:
         for attempt in (1, 2):
             attempt_started = time.monotonic()
             try:
-                result = self.app.send_task(
-                    request.name, args=list(request.args), kwargs=dict(request.kwargs), retry=False, **options
-                )
+                # On Redis the message and its task-sent event go in one pipelined round trip (kombu's publish
+                # batch, flushed when the block ends); other transports publish each at once, as before.
+                with self.app.producer_or_acquire() as producer, _batch(producer):
+                    result = self.app.send_task(request.name, args=list(request.args), kwargs=dict(request.kwargs),
+                                                retry=False, producer=producer, **options)
                 return str(result.id)
             except BROKER_ERRORS:
                 if attempt == 2 or time.monotonic() - attempt_started > STALE_CONNECTION_WINDOW:
@@ -350,6 +360,26 @@ def build_result_app(settings: ClientSettings) -> Celery | None:
         redis_retry_on_timeout=False,
     )
     return app
+
+
+class _Resolved:
+    """A router that answers what `SendOnlyClient.resolve` already found, so `send_task` does not route again."""
+
+    def __init__(self, resolution: Resolution) -> None:
+        self.resolution = resolution
+
+    def route(self, options: dict[str, Any], name: str, args: Any = (), kwargs: Any = None,
+              task_type: Any = None) -> dict[str, Any]:
+        """The resolved destination, the call's own options (countdown, priority...) over it (Celery's lpmerge)."""
+        destination = dict(self.resolution.destination) or {"queue": self.resolution.queue}
+        destination.update((key, value) for key, value in options.items() if value is not None)
+        return destination
+
+
+def _batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
+    """kombu's publish batch where it has one (kombu 5.7+), else publishing at once."""
+    batch = getattr(producer, "batch", None)
+    return batch() if batch is not None else contextlib.nullcontext()
 
 
 def _glob_sources(task_routes: Any) -> dict[str, str]:

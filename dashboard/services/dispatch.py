@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+from celery.utils import uuid
 from celery.utils.saferepr import saferepr
 
 from ..exceptions import DispatchRefused
@@ -36,7 +37,9 @@ class Dispatcher:
         """Publish a checked request; raises BrokerUnavailable, RoutingError, or DispatchRefused unless forced.
 
         The route is resolved once, by Celery's router, and that resolution is what is guarded and sent. Every
-        attempt, sent or not, is written to the audit log; a failing write never fails the dispatch.
+        attempt, sent or not, is written to the audit log; one that gets as far as publishing is written durably
+        while it is published, with the task id it is published with, and its outcome after. A failing write never
+        fails the dispatch.
         """
         try:
             with DispatchAttempt(self.audit, request, origin) as attempt:
@@ -46,7 +49,9 @@ class Dispatcher:
                     guard = self.routing.guard(request.name, resolution.queue)
                     if guard.blocks:
                         raise DispatchRefused("; and ".join(guard.warnings), guard.warnings, resolution.queue)
-                sent = self.client.send(request, resolution)
+                task_id = uuid()
+                attempt.begin(task_id)  # written durably while the task is published; awaited when the block ends
+                sent = self.client.send(request, resolution, task_id)
                 attempt.sent(sent.task_id, sent.resolution.queue)
         except Exception as exc:
             self.stats.note_dispatch(outcome_of(exc))

@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, has_request_context, jsonify, render_template, request
 
-from ..model.dispatch import FORM_OPTION_PREFIX, FORM_PARAM_PREFIX, OUTCOMES, DispatchInvalid
+from ..model.dispatch import AUDIT_OUTCOMES, FORM_OPTION_PREFIX, FORM_PARAM_PREFIX, DispatchInvalid
 from ..model.secrets import mask_text
 from ..services.audit import (
     ANONYMOUS,
@@ -69,8 +69,8 @@ class AuditFilters:
         outcome = values["outcome"]
         if outcome is not None:
             outcome = outcome.lower()
-            if outcome not in OUTCOMES:
-                raise AuditFilterError(f"outcome: must be one of {', '.join(OUTCOMES)}")
+            if outcome not in AUDIT_OUTCOMES:
+                raise AuditFilterError(f"outcome: must be one of {', '.join(AUDIT_OUTCOMES)}")
         since = _time_arg(args, "since")
         until = _time_arg(args, "until")
         limit = int_arg(args, "limit", PAGE_SIZE, 1, max_limit, AuditFilterError)
@@ -215,7 +215,7 @@ def page() -> tuple[str, int]:
             problem, status = str(exc), 503
     return render_template(
         "pages/audit.html", enabled=audit is not None, entries=entries, total=total, filters=filters,
-        outcomes=OUTCOMES, problem=problem, write_errors=audit.write_errors if audit is not None else 0,
+        outcomes=AUDIT_OUTCOMES, problem=problem, write_errors=audit.write_errors if audit is not None else 0,
         actions=recent_actions() if problem is None else [],
     ), status
 

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from ..config import MAX_BODY_BYTES
-from ..model.dispatch import OUTCOMES
+from ..model.dispatch import AUDIT_OUTCOMES
 from ..model.messages import MAX_PAGE
 from ..model.notify import MAX_SILENCE_MINUTES
 from ..model.search import MAX_QUERY_CHARS, SEARCH_SORTS
@@ -231,7 +231,7 @@ def _paths() -> Schema:
             parameters=[
                 *(filter_param(key, query.MAX_FILTER_CHARS, key.replace("_", " ").capitalize())
                   for key in ("name", "who", "queue", "task_id")),
-                query_param("outcome", {"enum": list(OUTCOMES)}, "Only this outcome (case-insensitive)"),
+                query_param("outcome", {"enum": list(AUDIT_OUTCOMES)}, "Only this outcome (case-insensitive)"),
                 *(query_param(key, {"anyOf": [NUMBER, {"type": "string", "format": "date-time"}]},
                          f"Entries at or after / before this time: epoch seconds or ISO 8601 ({key})")
                   for key in audit.TIME_KEYS),

@@ -7,7 +7,7 @@ from typing import Any, get_args
 
 from ..model.alerts import ALERT_KINDS
 from ..model.catalog import PARAM_TYPES
-from ..model.dispatch import MAX_ARGS, MAX_DELAY_SECONDS, MAX_JSON_DEPTH, OPTION_NAMES, OUTCOMES, PRIORITY_RANGE
+from ..model.dispatch import AUDIT_OUTCOMES, MAX_ARGS, MAX_DELAY_SECONDS, MAX_JSON_DEPTH, OPTION_NAMES, PRIORITY_RANGE
 from ..model.messages import MAX_SELECT_IDS
 from ..model.routing import SEVERITY, QueueStatus, RouteSource, TaskStatus
 from ..model.state.tasks import EVENT_STATES, TASK_EVENT_TYPES, TIMESTAMP_KEYS
@@ -317,7 +317,7 @@ def schemas() -> Schema:
             "who": STRING, "source": {"enum": list(SOURCES)}, "remote_addr": OPT_STRING, "name": STRING,
             "args": {"type": "string", "description": "JSON text (no longer valid JSON when cut)"},
             "kwargs": STRING, "options": STRING, "queue": OPT_STRING, "forced": BOOLEAN,
-            "outcome": {"enum": list(OUTCOMES)}, "task_id": OPT_STRING, "error": OPT_STRING,
+            "outcome": {"enum": list(AUDIT_OUTCOMES)}, "task_id": OPT_STRING, "error": OPT_STRING,
         }),
         "AuditPage": object_of({"entries": array_of(ref_to("AuditEntry")), "total": INTEGER, "limit": INTEGER,
                               "offset": INTEGER, "write_errors": INTEGER}),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -246,6 +247,18 @@ def test_api_refuses_bad_parameters_with_400(client: FlaskClient, query: str, sa
     assert says in payload["error"]
 
 
+def test_a_dispatch_whose_outcome_never_came_is_listed_as_unknown_with_its_task_id(client: FlaskClient,
+                                                                                  audit: AuditLog) -> None:
+    audit.record(entry(at=T0, outcome="sent", task_id="t-sent"))
+    audit.record(entry(at=T0 + 1, outcome="unknown", task_id="t-unknown"))
+
+    status, payload = api(client, "?outcome=unknown")
+    page = client.get("/audit?outcome=unknown")
+
+    assert status == 200 and [(e["outcome"], e["task_id"]) for e in payload["entries"]] == [("unknown", "t-unknown")]
+    assert page.status_code == 200 and b"t-unknown" in page.data and b"t-sent" not in page.data
+
+
 def test_entries_survive_a_restart_of_the_app(broker_url: str, backend_url: str, tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite3"
     config = dashboard_config(broker_url, backend_url)
@@ -286,6 +299,55 @@ def test_an_api_dispatch_is_recorded_as_sent(client: FlaskClient, audit: AuditLo
     assert (recorded.source, recorded.who, recorded.name) == ("api", "anonymous", UNFURL)
     assert json.loads(recorded.kwargs) == {"url": "https://example.com/a"}
     assert recorded.remote_addr == "127.0.0.1"
+
+
+def test_a_dispatch_is_in_the_log_with_its_task_id_while_it_is_published(app: Flask, audit: AuditLog,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = services(app)
+    publish = svc.client.send
+    seen: list[tuple[str | None, list[AuditEntry]]] = []
+
+    def watched(request: Any, resolution: Any = None, task_id: str | None = None) -> Any:
+        audit.flush()  # the write queued before the publish has been committed...
+        with AuditLog(audit.path) as another_process:  # ...and is what a crash now would leave
+            seen.append((task_id, another_process.query()[0]))
+        return publish(request, resolution, task_id)
+
+    monkeypatch.setattr(svc.client, "send", watched)
+
+    response = app.test_client().post("/api/dispatch", json={"name": UNFURL, "kwargs": {"url": "https://e.com"}})
+
+    assert response.status_code == 202, response.data
+    ((task_id, (during,)),) = seen
+    assert task_id == response.get_json()["task_id"]
+    assert (during.outcome, during.task_id, during.queue) == ("unknown", task_id, "default")
+    (after,), _ = audit.query()
+    assert (after.id, after.outcome, after.task_id) == (during.id, "sent", task_id)
+
+
+def test_concurrent_dispatches_are_each_recorded_once_as_sent_with_their_task_id(app: Flask, audit: AuditLog) -> None:
+    clients, each = 8, 10
+    answers: list[tuple[int, str]] = []
+    start = threading.Barrier(clients)
+
+    def dispatch() -> None:
+        client = app.test_client()
+        start.wait()
+        for _ in range(each):
+            response = client.post("/api/dispatch", json={"name": UNFURL, "kwargs": {"url": "https://e.com"},
+                                                          "force": True})
+            answers.append((response.status_code, response.get_json()["task_id"]))
+
+    threads = [threading.Thread(target=dispatch) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    found, total = audit.query(limit=1000)
+    assert [status for status, _ in answers] == [202] * clients * each
+    assert total == clients * each and audit.write_errors == 0
+    assert sorted((e.outcome, e.task_id) for e in found) == sorted(("sent", task_id) for _, task_id in answers)
 
 
 def test_a_form_dispatch_is_recorded_with_its_source(client: FlaskClient, audit: AuditLog) -> None:

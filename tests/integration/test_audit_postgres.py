@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from dashboard.config import load_config
-from dashboard.services.audit import ActionEntry, AuditLog, Origin, action_entry, open_audit
+from dashboard.services.audit import ActionEntry, AuditLog, DispatchAttempt, Origin, action_entry, open_audit
 from dashboard.services.audit.postgres import SCHEMA_VERSION, PostgresAuditLog
 from tests.unit import test_audit_log as same
 from tests.unit.test_audit_log import T0, action, entry, populated  # noqa: F401 - `populated` is a fixture
@@ -50,6 +50,38 @@ test_a_block_that_ends_without_a_task_id_is_recorded_as_an_error = (
     same.test_a_block_that_ends_without_a_task_id_is_recorded_as_an_error)
 test_an_entry_that_cannot_be_described_is_counted_not_raised = (
     same.test_an_entry_that_cannot_be_described_is_counted_not_raised)
+test_a_begun_dispatch_that_fails_is_completed_with_its_error_and_no_task_id = (
+    same.test_a_begun_dispatch_that_fails_is_completed_with_its_error_and_no_task_id)
+test_concurrent_dispatches_each_have_one_entry_with_their_outcome = (
+    same.test_concurrent_dispatches_each_have_one_entry_with_their_outcome)
+
+
+def test_a_begun_dispatch_is_seen_by_another_replica_then_completed_in_place(postgres_url: str) -> None:
+    first, second = PostgresAuditLog(postgres_url), PostgresAuditLog(postgres_url)
+    with DispatchAttempt(first, same.REQUEST, same.ORIGIN, clock=same.clock) as attempt:
+        attempt.queue = "q"
+        attempt.begin("task-1")
+        assert first.flush()
+        (during,), _ = second.query()
+        attempt.sent("task-1", "q")
+    first.flush()
+
+    (found,), total = second.query()
+    assert (during.outcome, during.task_id) == ("unknown", "task-1")
+    assert total == 1 and found.id == during.id == attempt.entry_id and found.outcome == "sent"
+    first.close()
+    second.close()
+
+
+def test_a_replica_that_stops_while_publishing_leaves_the_dispatch_unknown(postgres_url: str) -> None:
+    stopping = PostgresAuditLog(postgres_url)
+    attempt = DispatchAttempt(stopping, same.REQUEST, same.ORIGIN, clock=same.clock)
+    attempt.begin("task-1")
+    stopping.close()  # its outcome never comes
+
+    with PostgresAuditLog(postgres_url) as other:
+        (found,), _ = other.query(outcome="unknown")
+    assert found.task_id == "task-1" and found.name == same.REQUEST.name
 
 
 def test_markup_control_characters_and_lone_surrogates_are_stored_as_text(audit: PostgresAuditLog) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -561,6 +562,113 @@ def test_a_block_that_ends_without_a_task_id_is_recorded_as_an_error(audit: Audi
 
     (found,), _ = audit.query()
     assert found.outcome == "error" and found.error == "the dispatch ended without a task id"
+
+
+def test_a_begun_dispatch_is_in_the_log_while_it_is_published_then_completed_in_place(db_path: Path) -> None:
+    writer, other_process = AuditLog(db_path), AuditLog(db_path)
+    with DispatchAttempt(writer, REQUEST, ORIGIN, clock=clock) as attempt:
+        attempt.queue = "q"
+        attempt.begin("task-1")
+        assert writer.flush()
+        (during,), _ = other_process.query()  # what a crash now would leave
+        attempt.sent("task-1", "q")
+
+    (found,), total = writer.query()
+    assert (during.outcome, during.task_id, during.queue, during.at) == ("unknown", "task-1", "q", T0)
+    assert total == 1 and found.id == during.id == attempt.entry_id
+    assert (found.outcome, found.task_id, found.queue, found.error) == ("sent", "task-1", "q", None)
+    assert other_process.query(outcome="sent")[1] == 1 and writer.write_errors == 0
+    writer.close()
+    other_process.close()
+
+
+def test_a_begun_dispatch_that_fails_is_completed_with_its_error_and_no_task_id(audit: AuditLog) -> None:
+    with pytest.raises(BrokerUnavailable), DispatchAttempt(audit, REQUEST, ORIGIN, clock=clock) as attempt:
+        attempt.queue = "q"
+        attempt.begin("task-1")
+        raise BrokerUnavailable("the broker at redis://h did not take the task")
+
+    (found,), total = audit.query()
+    assert total == 1 and found.id == attempt.entry_id
+    assert (found.outcome, found.task_id, found.error) == ("unavailable", None, "the broker at redis://h did not "
+                                                                                 "take the task")
+
+
+BEGIN_AND_DIE = """
+import os, sys
+from dashboard.model.dispatch import DispatchRequest
+from dashboard.services.audit import AuditLog, DispatchAttempt, Origin
+log = AuditLog(sys.argv[1])
+attempt = DispatchAttempt(log, DispatchRequest("worker.tasks.a"), Origin())
+attempt.queue = "q"
+attempt.begin("task-died")
+assert log.flush()
+os._exit(0)  # killed while the task was being published: the outcome is never written
+"""
+
+
+def test_a_dispatch_whose_process_dies_while_publishing_stays_unknown_with_its_task_id(db_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", BEGIN_AND_DIE, str(db_path)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+    with AuditLog(db_path) as audit:
+        found, total = audit.query(outcome="unknown")
+
+    assert total == 1 and (found[0].task_id, found[0].queue, found[0].name) == ("task-died", "q", "worker.tasks.a")
+
+
+class FailingFirstWrite(AuditLog):
+    """An audit log whose first batch fails, as a full disk or a lock held too long would."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failed = False
+
+    def _write_batch(self, writes: Any, durable: bool) -> None:
+        if not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database is locked")
+        super()._write_batch(writes, durable)
+
+
+def test_when_the_begun_write_fails_the_outcome_is_recorded_on_its_own(db_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    audit = FailingFirstWrite(db_path)
+    with caplog.at_level(logging.WARNING), DispatchAttempt(audit, REQUEST, ORIGIN, clock=clock) as attempt:
+        attempt.begin("task-1")
+        attempt.sent("task-1", "q")
+
+    (found,), total = audit.query()
+    assert total == 1 and found.id == attempt.entry_id and (found.outcome, found.task_id) == ("sent", "task-1")
+    assert audit.write_errors == 0 and "database is locked" in caplog.text
+    audit.close()
+
+
+def test_concurrent_dispatches_each_have_one_entry_with_their_outcome(audit: AuditLog) -> None:
+    threads, per_thread = 8, 25
+    start = threading.Barrier(threads)
+
+    def dispatch(n: int) -> None:
+        start.wait()
+        for i in range(per_thread):
+            with contextlib.suppress(BrokerUnavailable), DispatchAttempt(audit, REQUEST, ORIGIN) as attempt:
+                attempt.begin(f"t{n}-{i}")
+                if i % 5 == 0:
+                    raise BrokerUnavailable("down")
+                attempt.sent(f"t{n}-{i}", "q")
+
+    workers = [threading.Thread(target=dispatch, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+
+    assert audit.write_errors == 0
+    assert audit.query(limit=1)[1] == threads * per_thread
+    assert audit.query(outcome="sent", limit=1)[1] == threads * per_thread * 4 // 5
+    assert audit.query(outcome="unavailable", limit=1)[1] == threads * per_thread // 5
+    assert audit.query(outcome="unknown", limit=1)[1] == 0
 
 
 def test_without_an_audit_log_the_recorder_does_nothing() -> None:

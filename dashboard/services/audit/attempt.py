@@ -1,4 +1,5 @@
-"""One dispatch attempt, recorded in the audit log when its `with` block ends, whatever its outcome."""
+"""One dispatch attempt, recorded in the audit log when its `with` block ends, whatever its outcome; with `begin`,
+written durably while it is being published, and its outcome filled in when the block ends."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from types import TracebackType
 from ...exceptions import DispatchRefused
 from ...model.dispatch import DispatchRequest, outcome_of
 from .entries import AuditEntry, Origin, error_text, request_entry
-from .store import AuditStore
+from .store import WRITE_WAIT, AuditStore
+from .writer import Write
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +20,10 @@ log = logging.getLogger(__name__)
 class DispatchAttempt:
     """One dispatch, recorded when its `with` block ends: sent (after `sent()`), or what its exception means.
 
-    It never suppresses the dispatch's exception and never raises one of its own. With no audit log it does
-    nothing.
+    `begin(task_id)` just before publishing queues the attempt (outcome "unknown", that task id) for a durable
+    write that runs while the task is published; the block's end waits for that write and queues the outcome in
+    its place. It never suppresses the dispatch's exception and never raises one of its own. With no audit log it
+    does nothing.
     """
 
     def __init__(
@@ -38,6 +42,20 @@ class DispatchAttempt:
         self.task_id: str | None = None
         self.entry: AuditEntry | None = None
         self.entry_id: int | None = None
+        self._begun: Write | None = None
+        self._began = False
+
+    def begin(self, task_id: str) -> None:
+        """The task is about to be published as `task_id`: write that down (durably, in the background)."""
+        if self.audit is None:
+            return
+        self._began = True
+        try:
+            intent = request_entry(self.request, self.origin, self.at, "unknown", queue=self.queue, task_id=task_id)
+        except Exception:  # as in __exit__: the outcome is recorded on its own then
+            log.exception("audit: could not describe the dispatch of %r", self.request.name[:200])
+            return
+        self._begun = self.audit.begin(intent)
 
     def sent(self, task_id: str, queue: str) -> None:
         """The broker took the task."""
@@ -57,8 +75,13 @@ class DispatchAttempt:
             count = self.audit.count_failure()
             log.exception("audit: could not describe the dispatch of %r (%d failed so far)",
                           self.request.name[:200], count)
+            if self._begun is not None:
+                self._begun.wait(WRITE_WAIT)  # the begun entry stays, outcome unknown; durable before the answer
             return
-        self.entry_id = self.audit.record(self.entry)
+        if self._began:
+            self.entry_id = self.audit.finish(self._begun, self.entry)
+        else:
+            self.entry_id = self.audit.record(self.entry)
 
     def _describe(self, exc: BaseException | None) -> AuditEntry:
         if exc is None:

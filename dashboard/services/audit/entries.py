@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any, Final, Literal, get_args
 
 from ...exceptions import DashboardError
-from ...model.dispatch import DispatchInvalid, DispatchOutcome, DispatchRequest
+from ...model.dispatch import AuditOutcome, DispatchInvalid, DispatchRequest
 from ...model.secrets import mask_text
 
-Outcome = DispatchOutcome  # the model's one vocabulary (an older log may hold "error" for a routing error)
+Outcome = AuditOutcome  # the model's one vocabulary (an older log may hold "error" for a routing error)
 Source = Literal["api", "form"]
 SOURCES: Final[tuple[Source, ...]] = get_args(Source)
 ANONYMOUS: Final = "anonymous"  # who, until a request carries an authenticated identity
@@ -42,7 +42,7 @@ class AuditEntry:
     queue: str | None  # where Celery's router sent it (or would have), when known
     forced: bool
     outcome: Outcome
-    task_id: str | None = None  # only when sent
+    task_id: str | None = None  # when sent, or while the outcome is unknown: the id it was published with
     error: str | None = None  # why it was not sent, credentials masked
     id: int | None = None  # set on entries read back from the log
 

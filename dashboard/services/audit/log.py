@@ -7,8 +7,10 @@ processes (gunicorn workers) open their own; WAL lets them read while one writes
 how long a write waits for another's lock.
 
 Durability: WAL with `synchronous=FULL`. NORMAL survives a killed process but may lose the last commits on a
-power cut or kernel crash; an audit log exists for the moment something went wrong, and one fsync per
-dispatch is cheap next to the broker round trip that comes with it.
+power cut or kernel crash; an audit log exists for the moment something went wrong. Concurrent writes share one
+commit (store.py's writer thread), and a dispatch's fsync runs while it is published. Only a dispatch's outcome,
+written after its answer, is committed with NORMAL: the next FULL commit (or checkpoint) syncs it, and a power
+cut before that leaves the entry's outcome "unknown", never a wrong one.
 
 Recording never breaks a dispatch: a failed write is logged (without the arguments) and counted in
 `write_errors`, and the dispatch goes on.
@@ -21,6 +23,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,6 +37,7 @@ from .store import (
     AuditStore,
     AuditUnavailable,
 )
+from .writer import Write
 
 __all__ = ["BUSY_TIMEOUT", "DAY", "MAX_DETAIL_CHARS", "MAX_QUERY_LIMIT", "MEMORY", "PRUNE_BATCH", "PRUNE_EVERY",
            "SCHEMA_VERSION", "AuditLog", "AuditUnavailable"]
@@ -104,10 +108,26 @@ class AuditLog(AuditStore):
     def __enter__(self) -> AuditLog:
         return self
 
-    def _insert(self, table: str, columns: tuple[str, ...], row: tuple[Any, ...]) -> int | None:
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    def _write_batch(self, writes: Sequence[Write], durable: bool) -> None:
         with self._lock:
-            return self._connection().execute(sql, row).lastrowid
+            conn = self._connection()
+            if not durable:
+                conn.execute("PRAGMA synchronous=NORMAL")  # WAL: this commit is not synced; the next FULL one is
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # the write lock now (waiting up to the busy timeout), not mid-way
+                try:
+                    for write in writes:
+                        updates = write.updates
+                        cursor = conn.execute(*self.statement(write))
+                        write.row_id = updates if updates is not None else cursor.lastrowid
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous=FULL")
 
     def _page(self, table: str, columns: tuple[str, ...], where: str, params: list[Any], limit: int,
               offset: int) -> tuple[list[tuple[Any, ...]], int]:
@@ -136,7 +156,9 @@ class AuditLog(AuditStore):
         return max(cursor.rowcount, 0)
 
     def close(self) -> None:
-        """Close the connection (checkpointing the WAL); later writes are counted as failed, reads raise."""
+        """Write what is queued, close the connection (checkpointing the WAL); later writes are counted as failed,
+        reads raise."""
+        self._stop_writing()
         with self._lock:
             self._closed = True
             conn, self._conn = self._conn, None

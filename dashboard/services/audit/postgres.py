@@ -1,8 +1,10 @@
 """The audit log in PostgreSQL: one log shared by every replica (the tables and the behaviour of the SQLite one;
 store.py has the behaviour). No Flask here; psycopg is imported on first use only.
 
-Durability: each entry is one autocommit INSERT, committed (PostgreSQL's synchronous_commit, on by default)
-before `record` returns, so an accepted dispatch is in the log before its 202. Every statement is bounded
+Durability: entries are committed (PostgreSQL's synchronous_commit, on by default) before `record` returns,
+concurrent ones in one transaction (store.py's writer thread), so an accepted dispatch is in the log before its
+202; only its outcome, written after the answer, is committed with synchronous_commit off (a server crash before
+the WAL reaches the disk leaves the outcome "unknown"). Every statement is bounded
 (services/pg.py); a failure is logged and counted, never raised into the dispatch.
 """
 
@@ -10,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ...model.secrets import mask_text
 from ..broker.urls import shown_url
 from ..pg import MIGRATION_TIMEOUT_MS, Pool, connect, connect_url, migrate
 from .store import AuditStore, AuditUnavailable
+from .writer import Write
 
 if TYPE_CHECKING:
     import psycopg
@@ -76,6 +79,7 @@ class PostgresAuditLog(AuditStore):
     """The audit log in the PostgreSQL database at `url`; connected on first use."""
 
     param = "%s"
+    returning = " RETURNING id"
     contains = "strpos({column}, %s) > 0"
 
     def __init__(self, url: str) -> None:
@@ -119,11 +123,19 @@ class PostgresAuditLog(AuditStore):
                 conn.close()
             self._opened = True
 
-    def _insert(self, table: str, columns: tuple[str, ...], row: tuple[Any, ...]) -> int | None:
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) RETURNING id"
-        with self._connection() as conn:
-            found = conn.execute(sql, _text_safe(row)).fetchone()
-        return int(found[0]) if found else None
+    def _write_batch(self, writes: Sequence[Write], durable: bool) -> None:
+        with self._connection() as conn, conn.transaction():
+            if not durable:
+                conn.execute("SET LOCAL synchronous_commit = off")  # a dispatch's outcome, written after its answer
+            for write in writes:
+                updates = write.updates
+                sql, params = self.statement(write)
+                cursor = conn.execute(sql, _text_safe(params))
+                if updates is not None:
+                    write.row_id = updates
+                else:
+                    found = cursor.fetchone()
+                    write.row_id = int(found[0]) if found else None
 
     def _page(self, table: str, columns: tuple[str, ...], where: str, params: list[Any], limit: int,
               offset: int) -> tuple[list[tuple[Any, ...]], int]:
@@ -148,6 +160,7 @@ class PostgresAuditLog(AuditStore):
         return max(cursor.rowcount, 0)
 
     def close(self) -> None:
+        self._stop_writing()
         self._closed = True
         self._pool.close()
 
