@@ -6,20 +6,17 @@ timing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from dashboard import create_app
-from dashboard.config import config_from_mapping
 from dashboard.model.auth import Identity
 from dashboard.services.events.hub import Batch, Hub
 from dashboard.serving.fanout import Fanout
 from dashboard.serving.websocket import text_frame
-from dashboard.web.context import services
 from dashboard.web.live import CSRF_PLACEHOLDER, Broadcast, LiveSession, open_session
 
 
@@ -220,13 +217,8 @@ def test_a_failing_stream_closes_its_clients_only() -> None:
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    config = config_from_mapping({"broker_url": "redis://127.0.0.1:1/0", "audit": {"path": ""}})
-    built = create_app(config, live=False)
-    yield built
-    rt = services(built)
-    rt.monitor.stop()
-    rt.client.close()
+def app(offline_app: Flask) -> Flask:
+    return offline_app
 
 
 def opened(app: Flask, path: str, identity: Identity | None, cookie: str = "", base_url: str | None = None

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from flask import Flask
 
-from dashboard import create_app
-from dashboard.config import config_from_mapping
 from dashboard.model.state import State, TaskView
 from dashboard.services.render_cache import RenderCache
 from dashboard.web import views
@@ -55,13 +51,8 @@ def test_the_cache_drops_the_least_recently_used() -> None:
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    config = config_from_mapping({"broker_url": "redis://127.0.0.1:1/0", "audit": {"path": ""}})
-    built = create_app(config, live=False)
-    yield built
-    rt = services(built)
-    rt.monitor.stop()
-    rt.client.close()
+def app(offline_app: Flask) -> Flask:
+    return offline_app
 
 
 def test_clients_share_a_rendering_until_the_task_changes(app: Flask) -> None:
