@@ -6,6 +6,7 @@ timing.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,7 +290,11 @@ def test_a_ticks_writes_go_out_in_slices_and_then_say_so() -> None:
                 break
             await asyncio.sleep(0)
 
-    asyncio.run(run())
+    # In a thread of its own: in a full run, Playwright's sync API keeps an event loop running in the main thread,
+    # and asyncio.run() refuses to start a second one there.
+    runner = threading.Thread(target=asyncio.run, args=(run(),))
+    runner.start()
+    runner.join(10)
     assert written.is_set() and written.cpu_seconds >= 0.0
     assert all(sock.written == [b"frame"] for sock in sockets)
     assert between == [WRITES_AT_ONCE], "other callbacks ran between two slices"
