@@ -58,6 +58,7 @@ class Handoff:
             self.session = session
         return refusal
 
+
 class RequestCounter(Protocol):
     """Told when a request starts arriving and when its answer is written (services/priority.py)."""
 

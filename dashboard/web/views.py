@@ -190,9 +190,9 @@ def _inline_row(task: TaskView) -> str:
 
 
 def _row(task: TaskView, *, oob: bool) -> str:
-    """The row template rendered straight from Jinja: it reads only what it is given and Jinja's globals
-    (url_for), so Flask's per-render context processors and signals, a third of a row's cost, are skipped. A
-    table of 50 rows new since the last request is rendered whole while events stream in."""
+    """The row template rendered straight from Jinja: it reads only what it is given (its links through `link`),
+    so Flask's per-render context processors and signals, a third of a row's cost, are skipped. A table of 50 rows
+    new since the last request is rendered whole while events stream in."""
     template = current_app.jinja_env.get_template("partials/task_row.html")
     return template.render(task=task, dom_id=dom_id, oob=oob, link=_row_links())
 

@@ -239,8 +239,6 @@ class EventListener:
             if not self._stop.is_set():
                 raise ConnectionError("the event stream ended")
 
-
-
     def _capture_stream(self, stream: EventStream) -> None:
         """Read `stream` until stopped; the stop flag and the idle probe are checked at least once a second."""
         try:
