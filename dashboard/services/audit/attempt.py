@@ -42,14 +42,12 @@ class DispatchAttempt:
         self.task_id: str | None = None
         self.entry: AuditEntry | None = None
         self.entry_id: int | None = None
-        self._begun: Write | None = None
-        self._began = False
+        self._begun: Write | None = None  # begin()'s durable write, once queued
 
     def begin(self, task_id: str) -> None:
         """The task is about to be published as `task_id`: write that down (durably, in the background)."""
         if self.audit is None:
             return
-        self._began = True
         try:
             intent = request_entry(self.request, self.origin, self.at, "unknown", queue=self.queue, task_id=task_id)
         except Exception:  # as in __exit__: the outcome is recorded on its own then
@@ -78,10 +76,7 @@ class DispatchAttempt:
             if self._begun is not None:
                 self._begun.wait(WRITE_WAIT)  # the begun entry stays, outcome unknown; durable before the answer
             return
-        if self._began:
-            self.entry_id = self.audit.finish(self._begun, self.entry)
-        else:
-            self.entry_id = self.audit.record(self.entry)
+        self.entry_id = self.audit.finish(self._begun, self.entry)  # without a begun write: recorded anew
 
     def _describe(self, exc: BaseException | None) -> AuditEntry:
         if exc is None:
