@@ -96,7 +96,8 @@ def accept_token(key: bytes) -> bytes:
 
 
 class WebSocketConnection:
-    """A websocket the loop reads and writes; the fan-out thread queues messages with `send_threadsafe`."""
+    """A websocket the loop reads and writes; the fan-out thread hands the loop its frames (`write_all`, which
+    calls `write_frames` for each member of a tick)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, trailing: bytes = b"") -> None:
         self.reader = reader
@@ -118,11 +119,6 @@ class WebSocketConnection:
     def lagging(self) -> bool:
         """True while the client is behind: the fan-out skips its frames (and sends a snapshot once it caught up)."""
         return self.backlog > SOFT_BACKLOG_BYTES
-
-    def send_threadsafe(self, frames: bytes) -> None:
-        """Queue already framed text messages (FrameCache.frames) from another thread: the loop only writes."""
-        if not self.closed and frames:
-            self.loop.call_soon_threadsafe(self.write_frames, frames)
 
     def write_frames(self, frames: bytes) -> None:
         """Write already framed text messages (on the loop's thread). The bytes object may be shared by many
