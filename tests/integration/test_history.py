@@ -100,6 +100,9 @@ def test_tasks_are_persisted_searched_exported_and_survive_a_restart(
     second = start(history_config(broker_url, backend_url, history_path))
     try:
         client = second.test_client()
+        # The writer thread restores the newest tasks into memory as it starts; the event stream (read directly
+        # on Redis) can connect before that first chunk is in, so wait for the restore, not for the stream.
+        wait_until(lambda: not history_status(client)["restoring"], DEADLINE, "the newest tasks restored")
         restored = client.get("/api/tasks?limit=10").get_json()  # memory: warmed from the store
         assert {task["id"] for task in restored["tasks"]} >= {*ok, failed}
         page = client.get(f"/tasks/{failed}").get_data(as_text=True)
