@@ -111,7 +111,8 @@ def test_a_global_key_prefix_moves_the_topic_and_the_stream_follows(broker_url: 
         app.close()
 
     assert [event["uuid"] for event in events] == ["prefixed"]
-    assert others == []
+    # the unprefixed topic may carry the session's stub worker's heartbeats, never this event
+    assert [event for event in others if event.get("uuid") == "prefixed"] == []
 
 
 def test_a_connection_the_server_drops_is_a_lost_stream(broker_url: str) -> None:
